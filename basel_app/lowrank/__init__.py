@@ -1,0 +1,53 @@
+"""The low-rank math in pure torch: the Eq. 3 layer, the thin recomposed layer, injection by name
+patterns, the pruning rule and schedule, recomposition, and parameter/byte accounting."""
+
+from basel_app.lowrank.accounting import (
+    compression_ratio,
+    count_parameters,
+    layer_ranks,
+    linear_parameter_count,
+    lowrank_parameter_count,
+    state_bytes,
+)
+from basel_app.lowrank.inject import (
+    find_target_linears,
+    lowrank_layers,
+    matches_target,
+    reparameterize,
+    set_submodule,
+)
+from basel_app.lowrank.pruning import (
+    iterations_per_pruning,
+    mass_keep_mask,
+    per_step_keep_ratio,
+    pruning_events_due,
+)
+from basel_app.lowrank.recompose import break_even_rank, recompose_layer, recompose_model, thin_svd_of_product
+from basel_app.lowrank.reparam import BaselLinear, cheaper_path, decomposition_dtype
+from basel_app.lowrank.thin import LowRankLinear
+
+__all__ = [
+    "BaselLinear",
+    "LowRankLinear",
+    "break_even_rank",
+    "cheaper_path",
+    "compression_ratio",
+    "count_parameters",
+    "decomposition_dtype",
+    "find_target_linears",
+    "iterations_per_pruning",
+    "layer_ranks",
+    "linear_parameter_count",
+    "lowrank_layers",
+    "lowrank_parameter_count",
+    "mass_keep_mask",
+    "matches_target",
+    "per_step_keep_ratio",
+    "pruning_events_due",
+    "recompose_layer",
+    "recompose_model",
+    "reparameterize",
+    "set_submodule",
+    "state_bytes",
+    "thin_svd_of_product",
+]

@@ -1,0 +1,157 @@
+"""Which layers get reparameterized, and the in-place swap.
+
+Targets are chosen by module name, as PEFT's `target_modules` does: a list of suffixes (`"q_proj"` matches
+`model.layers.0.self_attn.q_proj`) or one string that is a regular expression over the full name. Only
+`nn.Linear` modules are ever replaced (never embeddings, never attention code), so nothing depends on a
+transformers version's attention internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from basel_app.lowrank.reparam import BaselLinear
+from basel_app.lowrank.thin import LowRankLinear
+
+log = logging.getLogger(__name__)
+
+Patterns = str | Sequence[str]
+
+
+def _matches(name: str, patterns: Patterns | None) -> bool:
+    if patterns is None:
+        return False
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def matches_target(name: str, target_modules: Patterns, exclude_modules: Patterns | None = ()) -> bool:
+    """True when `name` matches a target pattern and no exclude pattern.
+
+    A list means suffixes on module-name boundaries (`name == t` or `name.endswith("." + t)`); a single
+    string is a regex that must match the whole name (`re.fullmatch`). Excludes work the same way.
+    """
+    return _matches(name, target_modules) and not _matches(name, exclude_modules)
+
+
+def _tied_to_input_embedding(model: nn.Module, linear: nn.Linear) -> bool:
+    """Whether the linear's weight is the input embedding's weight (same tensor, as in tied LMs)."""
+    get = getattr(model, "get_input_embeddings", None)
+    if get is None:
+        return False
+    try:
+        embedding = get()
+    except (AttributeError, NotImplementedError):
+        return False
+    weight = getattr(embedding, "weight", None)
+    if weight is None:
+        return False
+    if linear.weight is weight:
+        return True
+    same_memory = linear.weight.device.type != "meta" and linear.weight.data_ptr() == weight.data_ptr()
+    return same_memory and linear.weight.shape == weight.shape
+
+
+def _untie(model: nn.Module, name: str, linear: nn.Linear) -> None:
+    """Give a tied head its own weight (a copy), and tell the config so transformers does not re-tie it."""
+    linear.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=linear.weight.requires_grad)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "tie_word_embeddings"):
+        config.tie_word_embeddings = False
+    log.info("untied %s from the input embedding (the embedding stays, so both are counted)", name)
+
+
+def find_target_linears(
+    model: nn.Module,
+    target_modules: Patterns,
+    exclude_modules: Patterns = (),
+    include_tied_head: bool = False,
+) -> list[str]:
+    """Names of the `nn.Linear` modules to reparameterize, in module order.
+
+    A head whose weight is the input embedding's is skipped by default: factoring it would add
+    parameters, since the embedding stays. With `include_tied_head=True` it is untied (this mutates
+    `model`) and targeted. Linears inside an already thin `LowRankLinear` are never targeted.
+    """
+    inside_thin = {
+        f"{name}.{child}" if name else child
+        for name, module in model.named_modules()
+        if isinstance(module, LowRankLinear)
+        for child, _ in module.named_children()
+    }
+    all_linears, targets = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or name in inside_thin:
+            continue
+        all_linears.append(name)
+        if not matches_target(name, target_modules, exclude_modules):
+            continue
+        if _tied_to_input_embedding(model, module):
+            if not include_tied_head:
+                log.info("skipping %s: its weight is tied to the input embedding (set include_tied_head to "
+                         "untie and factor it)", name)
+                continue
+            _untie(model, name, module)
+        targets.append(name)
+    if not targets:
+        examples = ", ".join(all_linears[:5]) or "none"
+        raise ValueError(
+            f"no nn.Linear matches target_modules={target_modules!r} (exclude_modules={exclude_modules!r}); "
+            f"{len(all_linears)} linear layers exist, e.g. {examples}. A list matches name suffixes, a single "
+            "string is a regex over the full name."
+        )
+    return targets
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path `name` (which must exist) by `module`."""
+    if not name:
+        raise ValueError("cannot replace the root module; give a dotted submodule name")
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if not hasattr(parent, leaf):
+        raise AttributeError(f"{type(parent).__name__} at {parent_name or '<root>'!r} has no submodule {leaf!r}")
+    setattr(parent, leaf, module)
+
+
+def lowrank_layers(model: nn.Module) -> dict[str, BaselLinear]:
+    """Every `BaselLinear` in `model`, by name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, BaselLinear)}
+
+
+def reparameterize(
+    model: nn.Module,
+    target_modules: Patterns,
+    exclude_modules: Patterns = (),
+    additional_dim: int = 32,
+    free_bases: bool = False,
+    include_tied_head: bool = False,
+    seed: int = 0,
+) -> dict[str, BaselLinear]:
+    """Replace each target `nn.Linear` by a `BaselLinear` (Eq. 3) in place, then freeze the rest.
+
+    After this only the layers' `trainable_parameters()` require grad: embeddings, norms and biases are
+    frozen for the keep and prune phases. Ṽ is drawn from a generator seeded with `seed`, so the result
+    does not depend on the global RNG state.
+    """
+    names = find_target_linears(model, target_modules, exclude_modules, include_tied_head)
+    generator = torch.Generator().manual_seed(seed)
+    layers: dict[str, BaselLinear] = {}
+    for name in tqdm(names, desc="reparameterize (SVD)", unit="layer", leave=False):
+        layer = BaselLinear.from_linear(model.get_submodule(name), additional_dim, free_bases, generator)
+        set_submodule(model, name, layer)
+        layers[name] = layer
+    trainable = {id(p) for layer in lowrank_layers(model).values() for p in layer.trainable_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("reparameterized %d linear layers (additional_dim=%d, free_bases=%s); %d trainable parameters",
+             len(layers), additional_dim, free_bases, n_train)
+    return layers

@@ -1,0 +1,30 @@
+"""Getting a Llama in (GGUF, hub id, local path, tiny random) and the compressed one out.
+
+Importing this package registers `basel_lowrank_llama` with transformers' Auto classes, so a saved compressed
+model loads with plain `AutoModelForCausalLM.from_pretrained(dir)`, without trust_remote_code.
+"""
+
+from basel_app.models.byte_tokenizer import byte_tokenizer
+from basel_app.models.compressed_io import load_compressed, read_metadata, save_compressed
+from basel_app.models.loading import LoadedModel, ModelSourceError, check_model_source, load_model
+from basel_app.models.lowrank_llama import (
+    LowRankLlamaConfig,
+    LowRankLlamaForCausalLM,
+    register_with_transformers,
+)
+
+register_with_transformers()
+
+__all__ = [
+    "LoadedModel",
+    "LowRankLlamaConfig",
+    "LowRankLlamaForCausalLM",
+    "ModelSourceError",
+    "byte_tokenizer",
+    "check_model_source",
+    "load_compressed",
+    "load_model",
+    "read_metadata",
+    "register_with_transformers",
+    "save_compressed",
+]

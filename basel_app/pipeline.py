@@ -1,0 +1,247 @@
+"""`run(cfg)`: Algorithm 1 end to end, each step in dependency order.
+
+1. Check everything that can be checked without the model (config, model source, data files, the
+   pruning schedule) so a mistake costs seconds.
+2. Load the input model, evaluate it.
+3. Stage 1 — one `Trainer.fit`: reparameterize (Eq. 3), keep phase, prune phase, recompose; its
+   result is saved as the stage boundary, so a resumed run that finds it skips stage 1.
+4. Stage 2 — a second `Trainer.fit`: post-fine-tune the compressed model.
+5. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
+
+A run dir that already holds checkpoints is resumed from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+from basel_app.clock import PhaseClock
+from basel_app.config.schema import ConfigError, MethodConfig, RunConfig
+from basel_app.data import TaskDataModule
+from basel_app.generation import greedy_answer
+from basel_app.lit.callbacks import KeepPhase, PruneScheduler, Recompose, SpectraRecord
+from basel_app.lit.module import CompressionModule
+from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, reparameterized_parameters
+from basel_app.lit.trainer import build_eval_trainer, build_logger, build_trainer
+from basel_app.lowrank import (
+    compression_ratio,
+    count_parameters,
+    iterations_per_pruning,
+    layer_ranks,
+    reparameterize,
+    state_bytes,
+)
+from basel_app.models import check_model_source, load_compressed, load_model, save_compressed
+from basel_app.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """Optimizer-step positions of the phases (stage 1 counts steps from 0)."""
+
+    steps_per_epoch: int
+    prune_start_step: int
+    prune_steps: int
+    every: int  # IterationsPerPruning
+
+    @classmethod
+    def from_config(cls, method: MethodConfig, steps_per_epoch: int) -> PhasePlan:
+        prune_steps = steps_per_epoch * method.pruning_epochs
+        every = iterations_per_pruning(steps_per_epoch, method.pruning_epochs, method.pruning_times)
+        if every < 1:
+            raise ConfigError(
+                f"method.pruning_times={method.pruning_times} is more than the {prune_steps} optimizer steps of the "
+                f"pruning phase ({method.pruning_epochs} epochs x {steps_per_epoch} steps); use at most {prune_steps}, "
+                "or more data (task.max_train_samples) or method.pruning_epochs"
+            )
+        return cls(steps_per_epoch, steps_per_epoch * method.keeping_epochs, prune_steps, every)
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    clock = PhaseClock()
+
+    # 1. Cheap checks first: a bad model source, data file or schedule fails before any loading.
+    try:
+        check_model_source(cfg.model)
+        datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed)
+        datamodule.load_records()
+        PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    logger = build_logger(cfg.logger, out, run_name=out.name)
+    clock.split("checks")
+
+    # 2. The input model; the exact plan once tokenization has dropped any over-long examples.
+    loaded = load_model(cfg.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    datamodule.attach_tokenizer(tokenizer)
+    datamodule.setup("fit")
+    plan = PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg))
+    log.info("phase plan: %s", plan)
+    original = {"params": count_parameters(model), "bytes": state_bytes(model)}
+    clock.split("load_model")
+    evaluation = {"before": evaluate(model, datamodule, cfg, logger, out)}
+    samples = {"before": sample_answer(model, tokenizer, datamodule, cfg)}
+    clock.split("eval_before")
+
+    # 3. Stage 1: keep + prune + recompose, unless an earlier attempt finished it.
+    checkpoints = out / "checkpoints"
+    boundary = checkpoints / "recomposed"
+    spectra = SpectraRecord()
+    if boundary.is_dir():
+        log.info("stage 1 already done: resuming from %s", boundary)
+        model, _ = load_compressed(boundary)
+        spectra.stages = json.loads((out / "spectra.json").read_text())
+    else:
+        model = compress(model, tokenizer, cfg, plan, datamodule, logger, spectra, clock, out)
+
+    # 4. Stage 2: post-fine-tune the compressed model.
+    if cfg.method.post_finetune_epochs > 0:
+        module = CompressionModule(
+            model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
+            cfg.method.weight_decay,
+        )
+        stage_dir = checkpoints / "post_finetune"
+        trainer = build_trainer(
+            cfg.trainer, max_epochs=cfg.method.post_finetune_epochs, logger=logger, callbacks=[],
+            checkpoint_dir=stage_dir, root_dir=out,
+        )
+        model.train()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+        clock.split("post_finetune")
+
+    # 5. Evaluate and write the results.
+    evaluation["after"] = evaluate(model, datamodule, cfg, logger, out)
+    samples["after"] = sample_answer(model, tokenizer, datamodule, cfg)
+    clock.split("eval_after")
+    compressed = {"params": count_parameters(model), "bytes": state_bytes(model)}
+    model_dir = save_compressed(
+        model, tokenizer, out / "compressed_model", metadata={"base_model": loaded.provenance}, overwrite=True
+    )
+    disk_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    clock.split("save")
+    metrics = {
+        "method": cfg.method.name,
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "base_model": loaded.provenance,
+        "params_original": original["params"],
+        "params_compressed": compressed["params"],
+        "compression_ratio": compression_ratio(original["params"], compressed["params"]),
+        "size_bytes_original": original["bytes"],
+        "size_bytes_compressed": compressed["bytes"],
+        "size_bytes_on_disk": disk_bytes,
+        "ranks": layer_ranks(model),
+        "eval": evaluation,
+        "samples": samples,
+        "phase_plan": asdict(plan),
+        "wall_time_s": clock.seconds,
+        "config": asdict(cfg),
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    if cfg.method.post_finetune_epochs > 0:
+        shutil.rmtree(checkpoints / "post_finetune", ignore_errors=True)
+    log.info("compressed model: %s", model_dir)
+    log.info("metrics: %s", out / "metrics.json")
+    return metrics
+
+
+def compress(
+    model: nn.Module,
+    tokenizer: Any,
+    cfg: RunConfig,
+    plan: PhasePlan,
+    datamodule: TaskDataModule,
+    logger: Any,
+    spectra: SpectraRecord,
+    clock: PhaseClock,
+    out: Path,
+) -> nn.Module:
+    """Stage 1 (Algorithm 1, lines 1-22); returns the recomposed model and saves it as the boundary."""
+    reparameterize(
+        model,
+        cfg.model.target_modules,
+        exclude_modules=cfg.model.exclude_modules,
+        additional_dim=cfg.method.additional_dim,
+        free_bases=cfg.method.free_bases,
+        include_tied_head=cfg.model.include_tied_head,
+        seed=cfg.seed,
+    )
+    clock.split("decompose")
+    stage_dir = out / "checkpoints" / "compress"
+
+    def save_boundary(recomposed: nn.Module, ranks: dict[str, int | None]) -> None:
+        atomic_write_json(out / "spectra.json", spectra.stages)
+        save_compressed(recomposed, tokenizer, out / "checkpoints" / "recomposed", overwrite=True)
+
+    module = CompressionModule(model, reparameterized_parameters, cfg.method.lr, cfg.method.weight_decay)
+    callbacks = [
+        spectra,
+        KeepPhase(cfg.method.keeping_epochs, spectra, clock),
+        PruneScheduler(cfg.method.keep_ratio, cfg.method.pruning_times, plan.prune_start_step, plan.prune_steps,
+                       plan.every),
+        Recompose(spectra, clock, save_boundary),
+    ]
+    trainer = build_trainer(
+        cfg.trainer, max_epochs=cfg.method.keeping_epochs + cfg.method.pruning_epochs, logger=logger,
+        callbacks=callbacks, checkpoint_dir=stage_dir, root_dir=out,
+    )
+    model.train()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+    shutil.rmtree(stage_dir, ignore_errors=True)  # the boundary artifact supersedes stage-1 checkpoints
+    return module.model
+
+
+def steps_per_epoch(datamodule: TaskDataModule, cfg: RunConfig) -> int:
+    """Optimizer steps per epoch (Lightning steps on a partial accumulation at the epoch's end)."""
+    return math.ceil(datamodule.num_train_batches / cfg.trainer.accumulate_grad_batches)
+
+
+def last_checkpoint(stage_dir: Path) -> str | None:
+    last = stage_dir / "last.ckpt"
+    if last.exists():
+        log.info("resuming from %s", last.resolve())
+        return str(last)
+    return None
+
+
+def evaluate(model: nn.Module, datamodule: TaskDataModule, cfg: RunConfig, logger: Any, out: Path) -> dict[str, Any]:
+    """Teacher-forced answer loss and perplexity on the held-out evaluation items."""
+    if not cfg.eval.enabled:
+        return {}
+    start = time.perf_counter()
+    module = CompressionModule(model, lambda m: [], lr=1.0, weight_decay=0.0)
+    (result,) = build_eval_trainer(cfg.trainer, logger, out).validate(module, datamodule=datamodule, verbose=False)
+    return {
+        "answer_loss": result["eval/answer_loss"],
+        "answer_ppl": result["eval/answer_ppl"],
+        "answer_tokens": int(result["eval/answer_tokens"]),
+        "items": len(datamodule.eval_dataset),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def sample_answer(model: nn.Module, tokenizer: Any, datamodule: TaskDataModule, cfg: RunConfig) -> dict[str, str]:
+    """The model's greedy answer to the first evaluation question: a quick look at coherence."""
+    if not cfg.eval.sample_generation:
+        return {}
+    record = datamodule.eval_records[0]
+    prompt, reference = datamodule.task.to_example(record)
+    ids = datamodule.task.prompt_ids(tokenizer, record)
+    return {"prompt": prompt, "reference": reference,
+            "generated": greedy_answer(model, tokenizer, ids, cfg.eval.max_new_tokens)}

@@ -1,0 +1,25 @@
+"""Target applications: reading and validating records, and turning them into (prompt, response)
+token sequences with the loss only on the response.
+
+This package itself imports no torch, transformers or datasets at module level (they are imported
+where they are used), so the config layer can import :data:`TASKS` to validate ``task.name`` cheaply.
+"""
+
+from basel_app.tasks.base import Task
+from basel_app.tasks.encoding import IGNORE_INDEX, encode_example, prompt_ids
+from basel_app.tasks.math import MathTask  # importing it registers the "math" task
+from basel_app.tasks.records import TaskDataError, read_jsonl
+from basel_app.tasks.registry import TASKS, build_task, register_task
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "MathTask",
+    "Task",
+    "TaskDataError",
+    "build_task",
+    "encode_example",
+    "prompt_ids",
+    "read_jsonl",
+    "register_task",
+]

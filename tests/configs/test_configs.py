@@ -1,0 +1,124 @@
+"""Every shipped config composes and validates; bad values fail fast with one line naming them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+from basel_app.config.schema import ConfigError, RunConfig
+
+from ..conftest import CONF, REPO
+
+GROUPS = ["model", "task", "method", "scale", "ablation", "trainer", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_shipped_option_composes_and_validates(compose_config, group, option):
+    cfg = OmegaConf.to_object(compose_config(f"{group}={option}"))
+    assert isinstance(cfg, RunConfig)
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ is empty"
+
+
+def test_default_is_the_embedded_cpu_run(compose_config):
+    cfg = OmegaConf.to_object(compose_config())
+    assert (cfg.model.name, cfg.model.source, cfg.task.name, cfg.method.name) == ("smollm2_135m", "gguf", "math", "basel")
+    assert cfg.task.max_train_samples is not None  # scale=cpu caps the data
+
+
+def test_ablations_compose_with_method(compose_config):
+    cfg = OmegaConf.to_object(compose_config("ablation=additional_dim_0", "method.keep_ratio=0.4"))
+    assert cfg.method.additional_dim == 0 and cfg.method.keep_ratio == 0.4
+    assert OmegaConf.to_object(compose_config("ablation=pruning_times_2")).method.pruning_times == 2
+    assert OmegaConf.to_object(compose_config("ablation=free_bases")).method.free_bases is True
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("method.keep_ratio=0", "method.keep_ratio=0.0 is not allowed"),
+        ("method.keep_ratio=1.5", "method.keep_ratio=1.5 is not allowed"),
+        ("method.keep_ratio=-0.2", "method.keep_ratio=-0.2 is not allowed"),
+        ("method.pruning_times=0", "method.pruning_times=0 is not allowed"),
+        ("method.name=svd9", "method.name='svd9' is not allowed; choose one of: basel"),
+        ("task.name=poetry", "task.name='poetry' is not allowed; choose one of: math"),
+        ("model.path=/does/not/exist", "model.path='/does/not/exist' does not exist"),
+        ("model.dtype=int3", "model.dtype='int3' is not allowed"),
+        ("logger.name=tensorboard", "logger.name='tensorboard' is not allowed"),
+    ],
+)
+def test_bad_values_name_the_value_and_what_is_allowed(compose_config, override, expected):
+    with pytest.raises(ConfigError) as err:
+        OmegaConf.to_object(compose_config(override))
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("group", ["method", "task", "model"])
+def test_unknown_group_option_lists_the_allowed_ones(compose_config, group):
+    with pytest.raises(MissingConfigException) as err:
+        compose_config(f"{group}=nonexistent")
+    assert f"{group}/nonexistent" in str(err.value) and options(group)[0] in str(err.value)
+
+
+def test_wrong_type_is_rejected_by_the_schema(compose_config):
+    with pytest.raises(Exception, match="pruning_times"):
+        compose_config("method.pruning_times=many")
+
+
+def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "basel_app", f"hydra.run.dir={tmp_path}", "logger=csv", *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["method.keep_ratio=1.5"], "method.keep_ratio=1.5 is not allowed; it must be in (0, 1]"),
+        (["method.pruning_times=0"], "method.pruning_times=0 is not allowed"),
+        (["model.path=/no/such/model"], "model.path='/no/such/model' does not exist"),
+        (["method=bsi_typo"], "Could not find 'method/bsi_typo'"),
+    ],
+)
+def test_cli_rejects_bad_input_before_any_work(tmp_path, overrides, expected):
+    start = time.monotonic()
+    result = cli(tmp_path, *overrides)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert expected in output
+    assert "Converting and de-quantizing" not in output  # the model was never loaded
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "compressed_model").exists()
+
+
+def test_cli_rejects_a_data_file_with_missing_fields_before_loading_the_model(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"}\n')
+    (data / "test.jsonl").write_text('{"question": "3+3?", "answer": "#### 6"}\n')
+    result = cli(tmp_path / "run", f"task.data_dir={data}", "task.source=local")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "train.jsonl" in output and "answer" in output and "line 2" in output
+    assert "Converting and de-quantizing" not in output
+
+
+def test_cli_rejects_a_schedule_with_more_pruning_steps_than_iterations(tmp_path):
+    result = cli(tmp_path, "model=tiny_random", "method.pruning_times=1000")
+    assert result.returncode == 2
+    assert "method.pruning_times=1000 is more than the" in result.stdout + result.stderr

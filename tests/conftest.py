@@ -1,0 +1,27 @@
+"""Shared fixtures: the repo's config directory and a composer for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from basel_app.config.schema import register_schema
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def compose_config():
+    """compose_config(*overrides) -> the composed DictConfig, as `python -m basel_app` would see it."""
+    register_schema()
+
+    def _compose(*overrides: str, output_dir: str = "unused") -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="config", overrides=[f"output_dir={output_dir}", *overrides])
+
+    return _compose

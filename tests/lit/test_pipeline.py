@@ -1,0 +1,88 @@
+"""The whole pipeline on the tiny random Llama: outputs, their invariants, and exact resume."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+import basel_app
+from basel_app.lit.callbacks import PruneScheduler
+from basel_app.lowrank import count_parameters
+from basel_app.pipeline import run
+
+TINY = [
+    "model=tiny_random",
+    "logger=csv",
+    "task.max_train_samples=16",
+    "task.max_eval_samples=8",
+    "task.max_length=640",
+    "method.keep_ratio=0.5",
+    "method.pruning_times=4",
+    "method.post_finetune_epochs=1",
+    "method.additional_dim=4",
+    "eval.max_new_tokens=8",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def tiny_config(compose_config, out, *overrides):
+    return OmegaConf.to_object(compose_config(*TINY, *overrides, output_dir=str(out)))
+
+
+def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
+    start = time.monotonic()
+    metrics = run(tiny_config(compose_config, tmp_path))
+    assert time.monotonic() - start < 60
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("method", "params_original", "params_compressed", "compression_ratio", "size_bytes_original",
+                "size_bytes_compressed", "ranks", "eval", "wall_time_s"):
+        assert key in saved, key
+    assert saved["method"] == "basel"
+    assert set(saved["eval"]) == {"before", "after"}
+    assert saved["params_original"] / saved["params_compressed"] == pytest.approx(saved["compression_ratio"])
+    assert {"keep", "prune", "recompose", "post_finetune"} <= set(saved["wall_time_s"])
+
+    # The compressed model on disk is the one that was evaluated, loadable two ways.
+    model_dir = tmp_path / "compressed_model"
+    model, tokenizer = basel_app.load_compressed(model_dir)
+    auto = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert count_parameters(model) == metrics["params_compressed"]
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model(ids).logits, auto(ids).logits, rtol=0, atol=0)
+    assert not list(model_dir.glob("*.bin")) and list(model_dir.glob("*.safetensors"))
+    # Stage-1 checkpoints are superseded by the saved model; only finished outputs remain.
+    assert not (tmp_path / "checkpoints" / "compress").exists()
+    spectra = json.loads((tmp_path / "spectra.json").read_text())
+    assert {"decomposition", "relearned", "pruned", "recomposed"} <= set(spectra)
+
+
+def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path, monkeypatch):
+    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_epochs=0", "eval.enabled=false",
+                 "eval.sample_generation=false")
+    reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
+
+    # 16 samples / batch 4 = 4 steps per epoch: keep phase steps 1-4, prune phase steps 5-12.
+    original_hook = PruneScheduler.on_train_batch_end
+
+    def crash_at_step_7(self, trainer, *args):
+        original_hook(self, trainer, *args)
+        if trainer.global_step == 7:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(PruneScheduler, "on_train_batch_end", crash_at_step_7)
+    out = tmp_path / "interrupted"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny_config(compose_config, out, *overrides))
+    assert (out / "checkpoints" / "compress" / "last.ckpt").exists()
+    assert not (out / "metrics.json").exists()
+
+    monkeypatch.setattr(PruneScheduler, "on_train_batch_end", original_hook)
+    resumed = run(tiny_config(compose_config, out, *overrides))
+    assert resumed["ranks"] == reference["ranks"]
+    assert resumed["params_compressed"] == reference["params_compressed"]
