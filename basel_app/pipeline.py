@@ -41,7 +41,7 @@ from basel_app.lowrank import (
     reparameterize,
     state_bytes,
 )
-from basel_app.models import check_model_source, load_compressed, load_model, save_compressed
+from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
 from basel_app.files import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         log.info("stage 1 already done: resuming from %s", boundary)
         model, _ = load_compressed(boundary)
         spectra.stages = json.loads((out / "spectra.json").read_text())
+        recomposed_ranks = read_metadata(boundary)["recomposed_ranks"]
     else:
-        model = compress(model, tokenizer, cfg, plan, datamodule, logger, spectra, clock, out)
+        model, recomposed_ranks = compress(model, tokenizer, cfg, plan, datamodule, logger, spectra, clock, out)
 
     # 4. Stage 2: post-fine-tune the compressed model.
     if cfg.method.post_finetune_epochs > 0:
@@ -146,7 +147,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "size_bytes_original": original["bytes"],
         "size_bytes_compressed": compressed["bytes"],
         "size_bytes_on_disk": disk_bytes,
-        "ranks": layer_ranks(model),
+        "ranks": layer_ranks(model, recomposed_ranks),
         "eval": evaluation,
         "samples": samples,
         "phase_plan": asdict(plan),
@@ -156,6 +157,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     atomic_write_json(out / "metrics.json", metrics)
     if cfg.method.post_finetune_epochs > 0:
         shutil.rmtree(checkpoints / "post_finetune", ignore_errors=True)
+    log.info(
+        "compression %.3fx: %d -> %d parameters, %.1f -> %.1f MB; answer loss %s -> %s",
+        metrics["compression_ratio"], original["params"], compressed["params"], original["bytes"] / 1e6,
+        compressed["bytes"] / 1e6, evaluation["before"].get("answer_loss"), evaluation["after"].get("answer_loss"),
+    )
     log.info("compressed model: %s", model_dir)
     log.info("metrics: %s", out / "metrics.json")
     return metrics
@@ -171,8 +177,9 @@ def compress(
     spectra: SpectraRecord,
     clock: PhaseClock,
     out: Path,
-) -> nn.Module:
-    """Stage 1 (Algorithm 1, lines 1-22); returns the recomposed model and saves it as the boundary."""
+) -> tuple[nn.Module, dict[str, int]]:
+    """Stage 1 (Algorithm 1, lines 1-22): returns the recomposed model and each layer's rank, and saves
+    both as the stage boundary."""
     reparameterize(
         model,
         cfg.model.target_modules,
@@ -185,9 +192,13 @@ def compress(
     clock.split("decompose")
     stage_dir = out / "checkpoints" / "compress"
 
-    def save_boundary(recomposed: nn.Module, ranks: dict[str, int | None]) -> None:
+    recomposed_ranks: dict[str, int] = {}
+
+    def save_boundary(recomposed: nn.Module, ranks: dict[str, int]) -> None:
+        recomposed_ranks.update(ranks)
         atomic_write_json(out / "spectra.json", spectra.stages)
-        save_compressed(recomposed, tokenizer, out / "checkpoints" / "recomposed", overwrite=True)
+        save_compressed(recomposed, tokenizer, out / "checkpoints" / "recomposed",
+                        metadata={"recomposed_ranks": ranks}, overwrite=True)
 
     module = CompressionModule(model, reparameterized_parameters, cfg.method.lr, cfg.method.weight_decay)
     callbacks = [
@@ -204,7 +215,7 @@ def compress(
     model.train()
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
     shutil.rmtree(stage_dir, ignore_errors=True)  # the boundary artifact supersedes stage-1 checkpoints
-    return module.model
+    return module.model, recomposed_ranks
 
 
 def steps_per_epoch(datamodule: TaskDataModule, cfg: RunConfig) -> int:

@@ -64,8 +64,10 @@ def compression_ratio(original_params: int, compressed_params: int) -> float:
     return original_params / compressed_params
 
 
-def layer_ranks(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Shape, rank and kind of every `BaselLinear` ("reparam") and `LowRankLinear` ("lowrank") in `model`."""
+def layer_ranks(model: nn.Module, recomposed: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Shape, rank and kind of every `BaselLinear` ("reparam") and `LowRankLinear` ("lowrank") in `model`,
+    and of the layers in `recomposed` ({name: numerical rank}, from `recompose_model`) that stayed dense."""
+    recomposed = recomposed or {}
     out: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
         if isinstance(module, BaselLinear):
@@ -77,12 +79,13 @@ def layer_ranks(model: nn.Module) -> dict[str, dict[str, Any]]:
                 "kept_rank": module.kept_rank,
                 "additional_dim": module.additional_dim,
             }
-        elif isinstance(module, LowRankLinear):
+        elif isinstance(module, LowRankLinear) or (name in recomposed and type(module) is nn.Linear):
+            thin = isinstance(module, LowRankLinear)
             out[name] = {
-                "kind": "lowrank",
+                "kind": "lowrank" if thin else "dense",
                 "in_features": module.in_features,
                 "out_features": module.out_features,
-                "rank": module.rank,
+                "rank": module.rank if thin else recomposed[name],
                 "params": sum(p.numel() for p in module.parameters()),
             }
     return out

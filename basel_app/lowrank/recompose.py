@@ -57,8 +57,8 @@ def thin_svd_of_product(
 
 
 @torch.no_grad()
-def recompose_layer(layer: BaselLinear) -> nn.Linear | LowRankLinear:
-    """The plain layer computing `layer`'s W̃ x + b, in the layer's dtype and device.
+def recompose_layer(layer: BaselLinear) -> tuple[nn.Linear | LowRankLinear, int]:
+    """The plain layer computing `layer`'s W̃ x + b (in its dtype and device), and W̃'s numerical rank.
 
     Rank k = the numerical rank of W̃. k < break-even → `LowRankLinear` with down.weight = diag(S')V'ᵀ (k×m)
     and up.weight = U' (n×k); otherwise a dense `nn.Linear` holding W̃. The new parameters all require
@@ -75,28 +75,28 @@ def recompose_layer(layer: BaselLinear) -> nn.Linear | LowRankLinear:
         dense.weight.copy_(a.to(u.dtype) @ b.to(u.dtype).T)  # W̃ formed at decomposition precision, then cast
         if has_bias:
             dense.bias.copy_(layer.bias)
-        return dense
+        return dense, k
     thin = LowRankLinear(m, n, k, bias=has_bias, device=device, dtype=dtype)
     thin.down.weight.copy_(s[:, None] * v.T)  # (k, m)
     thin.up.weight.copy_(u)  # (n, k)
     if has_bias:
         thin.up.bias.copy_(layer.bias)
-    return thin
+    return thin, k
 
 
-def recompose_model(model: nn.Module) -> dict[str, int | None]:
-    """Replace every `BaselLinear` in place; returns {name: rank, or None where the layer stayed dense}.
+def recompose_model(model: nn.Module) -> dict[str, int]:
+    """Replace every `BaselLinear` in place; returns {name: numerical rank of W̃} (dense or thin).
 
     Idempotent: a model with no `BaselLinear` left is returned unchanged (and the dict is empty).
     """
-    ranks: dict[str, int | None] = {}
+    ranks: dict[str, int] = {}
+    thin = 0
     for name, layer in tqdm(list(lowrank_layers(model).items()), desc="recompose", unit="layer", leave=False):
-        new = recompose_layer(layer)
+        new, ranks[name] = recompose_layer(layer)
         set_submodule(model, name, new)
-        ranks[name] = new.rank if isinstance(new, LowRankLinear) else None
-        log.debug("%s: %s", name, f"rank {ranks[name]}" if ranks[name] is not None else "dense")
+        thin += isinstance(new, LowRankLinear)
+        log.debug("%s: rank %d, %s", name, ranks[name], type(new).__name__)
     if ranks:
-        thin = [r for r in ranks.values() if r is not None]
-        log.info("recomposed %d layers: %d thin (mean rank %.1f), %d dense", len(ranks), len(thin),
-                 sum(thin) / len(thin) if thin else 0.0, len(ranks) - len(thin))
+        log.info("recomposed %d layers: %d thin, %d dense (mean rank %.1f)", len(ranks), thin,
+                 len(ranks) - thin, sum(ranks.values()) / len(ranks))
     return ranks

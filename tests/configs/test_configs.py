@@ -114,7 +114,7 @@ def test_cli_rejects_a_data_file_with_missing_fields_before_loading_the_model(tm
     result = cli(tmp_path / "run", f"task.data_dir={data}", "task.source=local")
     output = result.stdout + result.stderr
     assert result.returncode == 2
-    assert "train.jsonl" in output and "answer" in output and "line 2" in output
+    assert "train.jsonl:2: record is missing field 'answer'" in output
     assert "Converting and de-quantizing" not in output
 
 

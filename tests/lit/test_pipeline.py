@@ -17,6 +17,7 @@ from basel_app.pipeline import run
 
 TINY = [
     "model=tiny_random",
+    "model.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]",
     "logger=csv",
     "task.max_train_samples=16",
     "task.max_eval_samples=8",
@@ -47,6 +48,10 @@ def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
     assert set(saved["eval"]) == {"before", "after"}
     assert saved["params_original"] / saved["params_compressed"] == pytest.approx(saved["compression_ratio"])
     assert {"keep", "prune", "recompose", "post_finetune"} <= set(saved["wall_time_s"])
+    # 2 layers x 7 projections (the tied head is left alone), each thin or dense after recomposition.
+    assert len(saved["ranks"]) == 14
+    assert {r["kind"] for r in saved["ranks"].values()} <= {"lowrank", "dense"}
+    assert saved["compression_ratio"] > 1.0
 
     # The compressed model on disk is the one that was evaluated, loadable two ways.
     model_dir = tmp_path / "compressed_model"
@@ -86,3 +91,18 @@ def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path,
     resumed = run(tiny_config(compose_config, out, *overrides))
     assert resumed["ranks"] == reference["ranks"]
     assert resumed["params_compressed"] == reference["params_compressed"]
+    # Not only the ranks: the resumed run trained on the same batches, so it ends with the same weights.
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    logits = [basel_app.load_compressed(d / "compressed_model")[0](ids).logits for d in (tmp_path / "uninterrupted", out)]
+    torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_wandb_logs_spectra_offline_without_an_account(compose_config, tmp_path, monkeypatch):
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    run(tiny_config(compose_config, tmp_path, "logger=wandb", "method.post_finetune_epochs=0"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    tables = {p.name.split("_")[0] for p in runs[0].rglob("*.table.json")}
+    assert {"decomposition", "relearned", "pruned", "recomposed"} <= tables

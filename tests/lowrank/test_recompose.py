@@ -51,7 +51,7 @@ def test_thin_recompose_matches_reparam(n, m, bias, gen):
     perturb_as_if_trained(layer, gen, prune_to=kept)
     x = torch.randn(3, 7, m, generator=gen)
     expected = layer(x)
-    new = recompose_layer(layer)
+    new, rank = recompose_layer(layer)
     assert isinstance(new, LowRankLinear)
     assert new.rank == kept + 4  # generic: kept bases and the extra term are independent
     assert rel_err(new(x), expected) < REL_TOL
@@ -65,7 +65,7 @@ def test_rank_at_or_above_break_even_stays_dense(n, m, gen):
     perturb_as_if_trained(layer, gen)  # nothing pruned: rank min(n, m) >= break-even
     x = torch.randn(5, m, generator=gen)
     expected = layer(x)
-    new = recompose_layer(layer)
+    new, rank = recompose_layer(layer)
     assert type(new) is nn.Linear
     assert rel_err(new(x), expected) < REL_TOL
     assert sum(p.numel() for p in new.parameters()) == linear_parameter_count(n, m, True)
@@ -74,7 +74,7 @@ def test_rank_at_or_above_break_even_stays_dense(n, m, gen):
 def test_recomposed_layer_keeps_dtype(gen):
     layer = BaselLinear.from_linear(make_linear(48, 80, True, gen).to(torch.bfloat16), additional_dim=4)
     perturb_as_if_trained(layer, gen, prune_to=6)
-    new = recompose_layer(layer)
+    new, rank = recompose_layer(layer)
     assert {p.dtype for p in new.parameters()} == {torch.bfloat16}
 
 
@@ -101,7 +101,7 @@ def test_tiny_llama_logits_survive_recompose(llama, input_ids, gen):
         before = llama(input_ids).logits
         ranks = recompose_model(llama)
         after = llama(input_ids).logits
-    assert len(ranks) == 15 and all(r is not None for r in ranks.values())
+    assert len(ranks) == 15 and all(r >= 1 for r in ranks.values())
     assert not lowrank_layers(llama)
     assert rel_err(after, before) < REL_TOL
     params = count_parameters(llama)

@@ -37,7 +37,7 @@ class Recompose(Callback):
         self,
         spectra: SpectraRecord,
         clock: PhaseClock,
-        on_recomposed: Callable[[nn.Module, dict[str, int | None]], None],
+        on_recomposed: Callable[[nn.Module, dict[str, int]], None],
     ) -> None:
         self.spectra, self.clock = spectra, clock
         self.on_recomposed = on_recomposed
@@ -49,7 +49,5 @@ class Recompose(Callback):
         ranks = recompose_model(model)
         self.spectra.add("recomposed", recomposed_singular_values(model, list(ranks)), trainer.logger,
                          trainer.global_step)
-        log.info("recomposed %d layers: %d thin, %d dense", len(ranks),
-                 sum(r is not None for r in ranks.values()), sum(r is None for r in ranks.values()))
         self.clock.split("recompose")
         self.on_recomposed(model, ranks)
