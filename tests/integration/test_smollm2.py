@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -38,26 +39,36 @@ def input_ids(smollm2):
     return torch.randint(0, smollm2.model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(7))
 
 
+# float32 through 210 reparameterized layers: U, V, s̃ rounded to float32 represent W to ~1e-7 per layer,
+# and 30 blocks amplify that to a measured 1.7e-5 on these logits (the float32-vs-float64 compute floor of the
+# original model itself is 1.6e-6). The identity is therefore also checked in float64 (measured 3.5e-8: Llama's
+# RMSNorm still rounds through float32 there), and float32 is held to a bound just above what was measured.
+# Tiny models meet 1e-5 in float32 (tests/lowrank/test_inject.py).
+FLOAT64_TOL, FLOAT32_TOL = 1e-6, 3e-5
+
+
 @torch.no_grad()
-def test_reparameterize_prune_recompose_save_keep_the_logits(smollm2, input_ids, tmp_path):
-    model = smollm2.model
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, FLOAT64_TOL), (torch.float32, FLOAT32_TOL)])
+def test_reparameterize_prune_recompose_save_keep_the_logits(smollm2, input_ids, tmp_path, dtype, tol):
+    model = copy.deepcopy(smollm2.model).to(dtype)
     original = model(input_ids).logits
 
     layers = reparameterize(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                                     "lm_head"], additional_dim=8, seed=3)
     assert len(layers) == 30 * 7  # the tied head is left alone by default
-    assert rel_err(model(input_ids).logits, original) < REL_TOL
+    assert rel_err(model(input_ids).logits, original) < tol
 
     # As if trained and pruned: perturbed s̃, nonzero new bases, a third of the mass dropped.
     gen = torch.Generator().manual_seed(11)
     for layer in layers.values():
-        layer.singular_values.mul_(1 + 0.1 * torch.randn(layer.singular_values.shape, generator=gen))
-        layer.extra_u.normal_(0, 1e-2, generator=gen)
+        noise = torch.randn(layer.singular_values.shape, generator=gen, dtype=torch.float64)
+        layer.singular_values.mul_(1 + 0.1 * noise.to(dtype))
+        layer.extra_u.copy_(1e-2 * torch.randn(layer.extra_u.shape, generator=gen, dtype=torch.float64))
         layer.prune(mass_keep_mask(layer.singular_values.abs(), layer.keep_mask, 0.66))
     reparameterized = model(input_ids).logits
     recompose_model(model)
     assert not lowrank_layers(model)
-    assert rel_err(model(input_ids).logits, reparameterized) < REL_TOL
+    assert rel_err(model(input_ids).logits, reparameterized) < tol
 
     basel_app.save_compressed(model, smollm2.tokenizer, tmp_path / "m")
     loaded, tokenizer = basel_app.load_compressed(tmp_path / "m")
