@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import nn
 
 from basel_app.clock import PhaseClock
@@ -131,9 +132,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     samples["after"] = sample_answer(model, tokenizer, datamodule, cfg)
     clock.split("eval_after")
     compressed = {"params": count_parameters(model), "bytes": state_bytes(model)}
-    model_dir = save_compressed(
-        model, tokenizer, out / "compressed_model", metadata={"base_model": loaded.provenance}, overwrite=True
-    )
+    provenance = {"base_model": loaded.provenance, "method": cfg.method.name, "task": cfg.task.name,
+                  "config": asdict(cfg)}
+    model_dir = save_compressed(model, tokenizer, out / "compressed_model", metadata=provenance, overwrite=True)
     disk_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     clock.split("save")
     metrics = {
@@ -155,8 +156,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "config": asdict(cfg),
     }
     atomic_write_json(out / "metrics.json", metrics)
-    if cfg.method.post_finetune_epochs > 0:
-        shutil.rmtree(checkpoints / "post_finetune", ignore_errors=True)
+    log_summary(logger, metrics)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     log.info(
         "compression %.3fx: %d -> %d parameters, %.1f -> %.1f MB; answer loss %s -> %s",
         metrics["compression_ratio"], original["params"], compressed["params"], original["bytes"] / 1e6,
@@ -173,7 +174,7 @@ def compress(
     cfg: RunConfig,
     plan: PhasePlan,
     datamodule: TaskDataModule,
-    logger: Any,
+    logger: Logger,
     spectra: SpectraRecord,
     clock: PhaseClock,
     out: Path,
@@ -218,6 +219,18 @@ def compress(
     return module.model, recomposed_ranks
 
 
+def log_summary(logger: Logger, metrics: dict[str, Any]) -> None:
+    """The headline numbers as metrics, and the per-layer ranks as a table where the logger has tables."""
+    summary = {key: float(metrics[key]) for key in ("compression_ratio", "params_compressed", "size_bytes_compressed")}
+    for when in ("before", "after"):
+        summary.update({f"eval/{when}_{k}": v for k, v in metrics["eval"][when].items() if k.startswith("answer")})
+    logger.log_metrics(summary)
+    if isinstance(logger, WandbLogger):
+        rows = [[name, r["kind"], r["rank"], r["out_features"], r["in_features"]] for name, r in metrics["ranks"].items()]
+        logger.log_table("ranks", columns=["layer", "kind", "rank", "out_features", "in_features"], data=rows)
+    logger.save()
+
+
 def steps_per_epoch(datamodule: TaskDataModule, cfg: RunConfig) -> int:
     """Optimizer steps per epoch (Lightning steps on a partial accumulation at the epoch's end)."""
     return math.ceil(datamodule.num_train_batches / cfg.trainer.accumulate_grad_batches)
@@ -231,7 +244,7 @@ def last_checkpoint(stage_dir: Path) -> str | None:
     return None
 
 
-def evaluate(model: nn.Module, datamodule: TaskDataModule, cfg: RunConfig, logger: Any, out: Path) -> dict[str, Any]:
+def evaluate(model: nn.Module, datamodule: TaskDataModule, cfg: RunConfig, logger: Logger, out: Path) -> dict[str, Any]:
     """Teacher-forced answer loss and perplexity on the held-out evaluation items."""
     if not cfg.eval.enabled:
         return {}

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import basel_app
 from basel_app.lit.callbacks import PruneScheduler
+from basel_app.lit.module import CompressionModule
 from basel_app.lowrank import count_parameters
 from basel_app.pipeline import run
 
@@ -61,8 +62,8 @@ def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(model(ids).logits, auto(ids).logits, rtol=0, atol=0)
     assert not list(model_dir.glob("*.bin")) and list(model_dir.glob("*.safetensors"))
-    # Stage-1 checkpoints are superseded by the saved model; only finished outputs remain.
-    assert not (tmp_path / "checkpoints" / "compress").exists()
+    # A finished run keeps only its outputs: the checkpoints are gone.
+    assert not (tmp_path / "checkpoints").exists()
     spectra = json.loads((tmp_path / "spectra.json").read_text())
     assert {"decomposition", "relearned", "pruned", "recomposed"} <= set(spectra)
 
@@ -105,4 +106,33 @@ def test_wandb_logs_spectra_offline_without_an_account(compose_config, tmp_path,
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     tables = {p.name.split("_")[0] for p in runs[0].rglob("*.table.json")}
-    assert {"decomposition", "relearned", "pruned", "recomposed"} <= tables
+    assert {"decomposition", "relearned", "pruned", "recomposed", "ranks"} <= tables
+
+
+def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compose_config, tmp_path, monkeypatch):
+    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_lr=3e-4", "eval.sample_generation=false")
+    reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
+
+    original_step = CompressionModule.training_step
+
+    def crash_in_stage_2(self, batch, batch_idx):
+        if self.lr == 3e-4 and self.trainer.global_step == 3:
+            raise RuntimeError("simulated crash")
+        return original_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CompressionModule, "training_step", crash_in_stage_2)
+    out = tmp_path / "interrupted"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny_config(compose_config, out, *overrides))
+    assert (out / "checkpoints" / "recomposed" / "config.json").exists()
+    assert (out / "checkpoints" / "post_finetune" / "last.ckpt").exists()
+
+    monkeypatch.setattr(CompressionModule, "training_step", original_step)
+    reparameterize_calls = []
+    monkeypatch.setattr("basel_app.pipeline.reparameterize", lambda *a, **k: reparameterize_calls.append(1))
+    resumed = run(tiny_config(compose_config, out, *overrides))
+    assert not reparameterize_calls  # stage 1 was not redone
+    assert resumed["ranks"] == reference["ranks"]
+    assert resumed["eval"]["after"]["answer_loss"] == pytest.approx(reference["eval"]["after"]["answer_loss"], rel=1e-6)
+    spectra = [json.loads((d / "spectra.json").read_text()) for d in (tmp_path / "uninterrupted", out)]
+    assert spectra[0] == spectra[1]
