@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from torch import nn
 from basel_app.clock import PhaseClock
 from basel_app.config.schema import ConfigError, MethodConfig, RunConfig
 from basel_app.data import TaskDataModule
-from basel_app.generation import greedy_answer
+from basel_app.evaluate import evaluate_on_task, headline_numbers
 from basel_app.lit.callbacks import KeepPhase, PruneScheduler, Recompose, SpectraRecord
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, reparameterized_parameters
@@ -96,8 +95,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     log.info("phase plan: %s", plan)
     original = {"params": count_parameters(model), "bytes": state_bytes(model)}
     clock.split("load_model")
-    evaluation = {"before": evaluate(model, datamodule, cfg, logger, out)}
-    samples = {"before": sample_answer(model, tokenizer, datamodule, cfg)}
+    evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
     clock.split("eval_before")
 
     # 3. Stage 1: keep + prune + recompose, unless an earlier attempt finished it.
@@ -128,8 +126,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         clock.split("post_finetune")
 
     # 5. Evaluate and write the results.
-    evaluation["after"] = evaluate(model, datamodule, cfg, logger, out)
-    samples["after"] = sample_answer(model, tokenizer, datamodule, cfg)
+    evaluation["after"] = evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)
     clock.split("eval_after")
     compressed = {"params": count_parameters(model), "bytes": state_bytes(model)}
     provenance = {"base_model": loaded.provenance, "method": cfg.method.name, "task": cfg.task.name,
@@ -150,7 +147,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "size_bytes_on_disk": disk_bytes,
         "ranks": layer_ranks(model, recomposed_ranks),
         "eval": evaluation,
-        "samples": samples,
         "phase_plan": asdict(plan),
         "wall_time_s": clock.seconds,
         "config": asdict(cfg),
@@ -223,7 +219,7 @@ def log_summary(logger: Logger, metrics: dict[str, Any]) -> None:
     """The headline numbers as metrics, and the per-layer ranks as a table where the logger has tables."""
     summary = {key: float(metrics[key]) for key in ("compression_ratio", "params_compressed", "size_bytes_compressed")}
     for when in ("before", "after"):
-        summary.update({f"eval/{when}_{k}": v for k, v in metrics["eval"][when].items() if k.startswith("answer")})
+        summary.update(headline_numbers(metrics["eval"][when], f"eval_{when}"))
     logger.log_metrics(summary)
     if isinstance(logger, WandbLogger):
         rows = [[name, r["kind"], r["rank"], r["out_features"], r["in_features"]] for name, r in metrics["ranks"].items()]
@@ -242,30 +238,3 @@ def last_checkpoint(stage_dir: Path) -> str | None:
         log.info("resuming from %s", last.resolve())
         return str(last)
     return None
-
-
-def evaluate(model: nn.Module, datamodule: TaskDataModule, cfg: RunConfig, logger: Logger, out: Path) -> dict[str, Any]:
-    """Teacher-forced answer loss and perplexity on the held-out evaluation items."""
-    if not cfg.eval.enabled:
-        return {}
-    start = time.perf_counter()
-    module = CompressionModule(model, lambda m: [], lr=1.0, weight_decay=0.0)
-    (result,) = build_eval_trainer(cfg.trainer, logger, out).validate(module, datamodule=datamodule, verbose=False)
-    return {
-        "answer_loss": result["eval/answer_loss"],
-        "answer_ppl": result["eval/answer_ppl"],
-        "answer_tokens": int(result["eval/answer_tokens"]),
-        "items": len(datamodule.eval_dataset),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-
-
-def sample_answer(model: nn.Module, tokenizer: Any, datamodule: TaskDataModule, cfg: RunConfig) -> dict[str, str]:
-    """The model's greedy answer to the first evaluation question: a quick look at coherence."""
-    if not cfg.eval.sample_generation:
-        return {}
-    record = datamodule.eval_records[0]
-    prompt, reference = datamodule.task.to_example(record)
-    ids = datamodule.task.prompt_ids(tokenizer, record)
-    return {"prompt": prompt, "reference": reference,
-            "generated": greedy_answer(model, tokenizer, ids, cfg.eval.max_new_tokens)}

@@ -101,8 +101,8 @@ class TaskConfig:
         if self.data_dir is not None:
             _require(
                 os.path.isdir(self.data_dir),
-                f"task.data_dir={self.data_dir!r} is not a directory; give one holding "
-                f"{self.train_split}.jsonl and {self.eval_split}.jsonl",
+                f"task.data_dir={self.data_dir!r} is not a directory; give one holding the "
+                f"{self.train_split!r} and {self.eval_split!r} splits (.jsonl records, or .txt for task=lm)",
             )
         for key in ("max_length", "train_batch_size", "eval_batch_size"):
             _require(getattr(self, key) >= 1, f"task.{key}={getattr(self, key)} is not allowed; it must be >= 1")
@@ -187,14 +187,28 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation before and after compression."""
+    """Evaluation before and after compression, and by `python -m basel_app.evaluate`."""
 
     enabled: bool = True
-    sample_generation: bool = True  # greedy answer to the first eval question, before and after
-    max_new_tokens: int = 160
+    benchmarks: list[str] | None = None  # None: the task's own (math: gsm8k, math; code: humaneval, mbpp; lm: wikitext2)
+    limit: int | None = None  # the first N items of each benchmark (None: all)
+    batch_size: int = 8  # generation batch size; greedy results depend on it, so it is recorded
+    max_new_tokens: int = 512
+    context_length: int = 1024  # WikiText-2 perplexity window ...
+    stride: int = 512  # ... and how far it advances
+    code_timeout_s: float = 10.0  # wall-clock limit of one generated program in the sandbox
 
     def __post_init__(self) -> None:
-        _require(self.max_new_tokens >= 1, f"eval.max_new_tokens={self.max_new_tokens} is not allowed; it must be >= 1")
+        from basel_app.evaluation.benchmarks import BENCHMARKS
+
+        for name in self.benchmarks or []:
+            _one_of("eval.benchmarks", name, tuple(BENCHMARKS))
+        _require(self.limit is None or self.limit >= 1, f"eval.limit={self.limit} is not allowed; use null (all) or >= 1")
+        for key in ("batch_size", "max_new_tokens", "context_length", "stride"):
+            _require(getattr(self, key) >= 1, f"eval.{key}={getattr(self, key)} is not allowed; it must be >= 1")
+        _require(self.stride <= self.context_length,
+                 f"eval.stride={self.stride} is not allowed; it must be <= eval.context_length={self.context_length}")
+        _require(self.code_timeout_s > 0, f"eval.code_timeout_s={self.code_timeout_s} is not allowed; it must be > 0")
 
 
 @dataclass
@@ -209,6 +223,20 @@ class RunConfig:
     output_dir: str = "."  # set to Hydra's run dir by the config; resumes if it holds checkpoints
 
 
+@dataclass
+class EvaluateConfig:
+    """`python -m basel_app.evaluate`: any model (hub id, local path, a compressed_model/ dir) on a task."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    output_dir: str = "."
+
+
 def register_schema() -> None:
-    """Make `schema` available to conf/config.yaml's defaults list (types checked on every override)."""
+    """Make the schemas available to the configs' defaults lists (types checked on every override)."""
     ConfigStore.instance().store(name="schema", node=RunConfig)
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)

@@ -181,22 +181,23 @@ class TaskDataModule(L.LightningDataModule):
     # 2. tokenizer and 3. tokenization ------------------------------------------------------------------
 
     def attach_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        if self.train_dataset is not None and tokenizer is not self.tokenizer:
+        if self.eval_dataset is not None and tokenizer is not self.tokenizer:
             raise RuntimeError("the datasets were already tokenized with another tokenizer")
         self.tokenizer = tokenizer
         self.collate = PadCollator(pad_token_id_of(tokenizer))
 
     def setup(self, stage: str | None = None) -> None:
-        """Tokenize both splits (first call only)."""
-        if self.train_dataset is not None:
-            return
+        """Tokenize the evaluation split, and the training split too unless only evaluating (once each)."""
         if self.tokenizer is None:
             raise RuntimeError("TaskDataModule.setup() needs a tokenizer; call attach_tokenizer(tokenizer) first")
         self.load_records()
         assert self.train_records is not None and self.eval_records is not None
+        if self.eval_dataset is None:
+            self.eval_dataset = self._encode(self.eval_records, "eval")
+        if self.train_dataset is not None or stage in ("validate", "test", "predict"):
+            return
         batches_before = self.num_train_batches
         self.train_dataset = self._encode(self.train_records, "train")
-        self.eval_dataset = self._encode(self.eval_records, "eval")
         if not len(self.train_dataset):
             raise ValueError(
                 f"every training example is too long for task.max_length={self.max_length}; raise it"
@@ -227,13 +228,12 @@ class TaskDataModule(L.LightningDataModule):
 
     # dataloaders ----------------------------------------------------------------------------------------
 
-    def _require_setup(self) -> None:
-        if self.train_dataset is None or self.collate is None:
+    def _require_setup(self, dataset: EncodedDataset | None) -> None:
+        if dataset is None or self.collate is None:
             raise RuntimeError("call attach_tokenizer(tokenizer) and setup() before asking for dataloaders")
 
     def train_dataloader(self) -> DataLoader:
-        self._require_setup()
-        assert self.train_dataset is not None
+        self._require_setup(self.train_dataset)
         self.train_sampler = ResumableBatchSampler(len(self.train_dataset), self.train_batch_size, self.seed)
         if self._pending_resume is not None:
             self._restore_position(self._pending_resume)
@@ -246,7 +246,7 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        self._require_setup()
+        self._require_setup(self.eval_dataset)
         return DataLoader(
             self.eval_dataset,
             batch_size=self.eval_batch_size,

@@ -105,6 +105,15 @@ def load_compressed(
     return model, tokenizer
 
 
+def is_compressed_dir(path: str | Path) -> bool:
+    """Whether `path` holds a model written by `save_compressed`."""
+    try:
+        _check_compressed_dir(Path(path))
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The `metadata` dict that was passed to `save_compressed` for the model at `path`."""
     file = Path(path) / METADATA_FILE

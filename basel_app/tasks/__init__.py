@@ -6,7 +6,9 @@ where they are used), so the config layer can import :data:`TASKS` to validate `
 """
 
 from basel_app.tasks.base import Task
+from basel_app.tasks.code import CodeTask  # importing it registers the "code" task
 from basel_app.tasks.encoding import IGNORE_INDEX, encode_example, prompt_ids
+from basel_app.tasks.lm import LMTask  # importing it registers the "lm" task
 from basel_app.tasks.math import MathTask  # importing it registers the "math" task
 from basel_app.tasks.records import TaskDataError, read_jsonl
 from basel_app.tasks.registry import TASKS, build_task, register_task

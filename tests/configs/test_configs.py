@@ -54,7 +54,7 @@ def test_ablations_compose_with_method(compose_config):
         ("method.keep_ratio=-0.2", "method.keep_ratio=-0.2 is not allowed"),
         ("method.pruning_times=0", "method.pruning_times=0 is not allowed"),
         ("method.name=svd9", "method.name='svd9' is not allowed; choose one of: basel"),
-        ("task.name=poetry", "task.name='poetry' is not allowed; choose one of: math"),
+        ("task.name=poetry", "task.name='poetry' is not allowed; choose one of:"),
         ("model.path=/does/not/exist", "model.path='/does/not/exist' does not exist"),
         ("model.dtype=int3", "model.dtype='int3' is not allowed"),
         ("logger.name=tensorboard", "logger.name='tensorboard' is not allowed"),

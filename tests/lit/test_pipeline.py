@@ -47,6 +47,9 @@ def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
         assert key in saved, key
     assert saved["method"] == "basel"
     assert set(saved["eval"]) == {"before", "after"}
+    for when in ("before", "after"):  # the task's benchmarks ran on the scale=cpu limit of 8 items
+        assert saved["eval"][when]["benchmarks"]["gsm8k"]["n"] == 8
+        assert 0.0 <= saved["eval"][when]["benchmarks"]["math"]["accuracy"] <= 1.0
     assert saved["params_original"] / saved["params_compressed"] == pytest.approx(saved["compression_ratio"])
     assert {"keep", "prune", "recompose", "post_finetune"} <= set(saved["wall_time_s"])
     # 2 layers x 7 projections (the tied head is left alone), each thin or dense after recomposition.
@@ -69,8 +72,7 @@ def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
 
 
 def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path, monkeypatch):
-    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_epochs=0", "eval.enabled=false",
-                 "eval.sample_generation=false")
+    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_epochs=0", "eval.enabled=false")
     reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
 
     # 16 samples / batch 4 = 4 steps per epoch: keep phase steps 1-4, prune phase steps 5-12.
@@ -110,7 +112,7 @@ def test_wandb_logs_spectra_offline_without_an_account(compose_config, tmp_path,
 
 
 def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compose_config, tmp_path, monkeypatch):
-    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_lr=3e-4", "eval.sample_generation=false")
+    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_lr=3e-4")
     reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
 
     original_step = CompressionModule.training_step

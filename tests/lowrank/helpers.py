@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from ..tiny_llama import tiny_llama_config
 
 # One tolerance for every float32 comparison: relative Frobenius error. float32 rounding of a product of
 # a few factors of size <= 128 lands around 1e-7..1e-6; 1e-5 leaves room for that and nothing else
@@ -35,16 +37,8 @@ def make_linear(n: int, m: int, bias: bool, gen: torch.Generator) -> nn.Linear:
 
 def tiny_llama(tie_word_embeddings: bool = False, seed: int = 0) -> LlamaForCausalLM:
     """hidden 64, 2 layers, 4 query heads sharing 2 KV heads (k/v are 32x64), vocab 128, float32, eval."""
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie_word_embeddings,
-    )
+    config = tiny_llama_config(128, intermediate_size=96, max_position_embeddings=64,
+                               tie_word_embeddings=tie_word_embeddings)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).float().eval()
 

@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from basel_app.models import byte_tokenizer
 
+from ..tiny_llama import tiny_llama_config
 from .tiny_models import RANKS, factor, make_llama
 
 
@@ -18,19 +19,7 @@ def tokenizer():
 
 @pytest.fixture
 def tiny_config(tokenizer) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    return tiny_llama_config(len(tokenizer), tokenizer, tie_word_embeddings=True)
 
 
 @pytest.fixture

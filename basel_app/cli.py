@@ -1,0 +1,41 @@
+"""What both command lines share: one log stream, and config errors as one line before any work."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from basel_app.config.schema import ConfigError
+
+log = logging.getLogger("basel_app")
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+def route_lightning_logs_through_hydra() -> None:
+    """Lightning installs its own console handlers; drop them so each line is printed once, by Hydra."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLightningTips())
+
+
+def run_validated(cfg: DictConfig, job: Callable[[Any], Any]) -> None:
+    """Validate `cfg` into its dataclasses (types, ranges, cross-field rules), then run `job` on them.
+
+    A ConfigError — from the dataclasses or from the job's own pre-flight checks — ends the process with
+    one line naming the bad value and exit status 2.
+    """
+    route_lightning_logs_through_hydra()
+    try:
+        job(OmegaConf.to_object(cfg))
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)

@@ -1,0 +1,175 @@
+"""Batched greedy decoding for evaluation: left padding, an attention mask, stop tokens and stop strings.
+
+::
+
+    batch of prompts (token ids)          left-padded input_ids                 attention_mask
+    [p0 p1 p2 p3]                         [p0 p1 p2 p3]                         [1 1 1 1]
+    [q0 q1]                     ──►       [pad pad q0 q1]              +        [0 0 1 1]
+                                          every row's next token is predicted at the same (last) column
+
+Left padding puts every prompt's last token in the last column, so one forward step extends every row;
+the mask keeps pads out of attention and Llama derives positions from it (a padded row's prompt starts at
+position 0, exactly as unpadded). Pad = the tokenizer's pad token, or eos when it has none — harmless only
+*because* of the mask (pad = eos without a mask halved GSM8K scores in other tools).
+
+Decoding is ``model.generate(do_sample=False, num_beams=1)`` with the KV cache: it owns the
+version-specific cache and position plumbing (transformers renames those arguments between releases). One
+thing is pinned by hand: ``generate`` fills every option we leave unset from the checkpoint's
+``generation_config.json`` (repetition penalty, ``min_new_tokens``, suppressed tokens, ...), which would
+silently turn "greedy" into something checkpoint-specific. During the call the model's generation config is
+swapped for a blank one, so decoding is the plain argmax, whatever checkpoint is loaded.
+
+Greedy results depend on the batch size: padding changes the shapes of the matrix products, and floating
+point sums in another order can flip a near-tie argmax (on GPUs in bf16 this happens within a few hundred
+tokens). The batch size is therefore an explicit argument; record it with every score, and keep it fixed
+when comparing methods. Batches are consecutive slices of ``prompts`` in the given order (no length
+sorting), so which prompts share a batch is reproducible from the list alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+log = logging.getLogger(__name__)
+
+# Special tokens that end an assistant turn in common Llama-family chat formats; used as stop tokens when
+# the tokenizer has them (as single special tokens), in addition to eos and the checkpoint's eos ids.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "</s>")
+
+
+def default_stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """eos, the checkpoint's ``generation_config.eos_token_id`` (int or list) and known end-of-turn tokens."""
+    ids: list[int] = []
+
+    def add(value: Any) -> None:
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None and int(item) not in ids:
+                ids.append(int(item))
+
+    add(tokenizer.eos_token_id)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        add(generation_config.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    special = set(getattr(tokenizer, "all_special_tokens", [])) | set(getattr(tokenizer, "added_tokens_encoder", {}))
+    for token in END_OF_TURN_TOKENS:
+        if token in vocab and token in special:
+            add(vocab[token])
+    if not ids:
+        raise ValueError("the tokenizer has no eos token and no stop_token_ids were given; pass stop_token_ids")
+    return ids
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Marks a row done once the text it generated (after ``prompt_len``) contains any stop string."""
+
+    def __init__(self, tokenizer: Any, stop_strings: Sequence[str], prompt_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop_strings = tuple(stop_strings)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stop_strings) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def truncate_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
+    """``text`` up to (not including) the earliest occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop_strings if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of shape (B, T_max), prompts right-aligned, mask 0 on the pads."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            input_ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+            attention_mask[row, width - len(prompt) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    stop_strings: Sequence[str] = (),
+    stop_token_ids: Sequence[int] | None = None,
+    *,
+    show_progress: bool = True,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (token ids, e.g. ``Task.prompt_ids``), one string per prompt, in order.
+
+    Each text is the decoded new tokens only (special tokens skipped), ending before the first stop token
+    (``stop_token_ids``, default :func:`default_stop_token_ids`) and cut before the first stop string; at
+    most ``max_new_tokens`` tokens. The text is not stripped. ``batch_size`` prompts are decoded together,
+    left-padded; results can depend on it (module docstring), so callers record it.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} is not allowed; it must be >= 1")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is not allowed; it must be >= 1")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (use Task.prompt_ids to build them)")
+    if not prompts:
+        return []
+    stop_ids = list(stop_token_ids) if stop_token_ids is not None else default_stop_token_ids(model, tokenizer)
+    if not stop_ids:
+        raise ValueError("stop_token_ids is empty; pass at least the eos id, or None for the defaults")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    device = next(model.parameters()).device
+    greedy = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+
+    was_training = model.training
+    checkpoint_config = getattr(model, "generation_config", None)
+    model.eval()
+    model.generation_config = GenerationConfig()  # nothing of the checkpoint's decoding defaults leaks in
+    texts: list[str] = []
+    try:
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="generate", unit="batch", disable=not show_progress):
+            batch = prompts[start : start + batch_size]
+            input_ids, attention_mask = left_pad(batch, pad_id, device)
+            criteria = StoppingCriteriaList(
+                [_StopOnStrings(tokenizer, stop_strings, input_ids.shape[1])] if stop_strings else []
+            )
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=greedy,
+                stopping_criteria=criteria,
+            )
+            for row in output[:, input_ids.shape[1] :].tolist():
+                texts.append(_decode_new_tokens(tokenizer, row, stop_ids, stop_strings))
+    finally:
+        model.generation_config = checkpoint_config
+        model.train(was_training)
+    return texts
+
+
+def _decode_new_tokens(tokenizer: Any, new_ids: list[int], stop_ids: Sequence[int], stop_strings: Sequence[str]) -> str:
+    """Text of one row's generated ids up to the first stop token, cut at the first stop string."""
+    stops = set(stop_ids)
+    end = next((i for i, token in enumerate(new_ids) if token in stops), len(new_ids))
+    text = tokenizer.decode(new_ids[:end], skip_special_tokens=True)
+    return truncate_at_stop_strings(text, stop_strings) if stop_strings else text

@@ -1,0 +1,1 @@
+"""Tests of basel_app.evaluation: generation and math scoring."""

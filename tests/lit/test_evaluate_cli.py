@@ -1,0 +1,67 @@
+"""`python -m basel_app.evaluate`: any model, including a compressed_model/ dir, on a task's benchmarks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from omegaconf import OmegaConf
+
+from basel_app.pipeline import run
+
+from ..conftest import REPO
+from .test_pipeline import tiny_config
+
+
+def evaluate_cli(out, *overrides):
+    return subprocess.run(
+        [sys.executable, "-m", "basel_app.evaluate", f"hydra.run.dir={out}", "model=tiny_random", "eval.limit=2",
+         "eval.max_new_tokens=4", "trainer.enable_progress_bar=false", *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_evaluates_a_model_from_the_model_group(tmp_path):
+    result = evaluate_cli(tmp_path, "task=math")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["task"] == "math" and metrics["model"]["source"] == "random"
+    assert set(metrics["eval"]["benchmarks"]) == {"gsm8k", "math"}
+    assert metrics["eval"]["benchmarks"]["gsm8k"]["n"] == 2
+    assert metrics["eval"]["benchmarks"]["gsm8k"]["settings"]["batch_size"] == 8
+
+
+def test_evaluates_a_compressed_model_directory(compose_config, tmp_path):
+    run(tiny_config(compose_config, tmp_path / "run", "method.post_finetune_epochs=0", "eval.enabled=false"))
+    result = evaluate_cli(tmp_path / "eval", f"model.path={tmp_path / 'run' / 'compressed_model'}",
+                          "eval.benchmarks=[gsm8k]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["model"]["source"] == "compressed" and metrics["model"]["method"] == "basel"
+    assert list(metrics["eval"]["benchmarks"]) == ["gsm8k"]
+
+
+def test_rejects_an_unknown_benchmark_before_loading(tmp_path):
+    result = evaluate_cli(tmp_path, "eval.benchmarks=[gsm9k]")
+    assert result.returncode == 2
+    assert "eval.benchmarks='gsm9k' is not allowed" in result.stdout + result.stderr
+
+
+def test_code_task_runs_generated_programs_in_the_sandbox(tmp_path):
+    result = evaluate_cli(tmp_path, "task=code")
+    assert result.returncode == 0, result.stderr[-2000:]
+    benchmarks = json.loads((tmp_path / "metrics.json").read_text())["eval"]["benchmarks"]
+    assert set(benchmarks) == {"humaneval", "mbpp"}
+    for name in ("humaneval", "mbpp"):
+        assert benchmarks[name]["items"] == 2 and sum(benchmarks[name]["statuses"].values()) == 2
+        assert benchmarks[name]["pass@1"] == 0.0  # a random 2-layer model writes no working Python
+        assert benchmarks[name]["sandbox"]["network"] in {"namespace", "seccomp"}
+
+
+def test_lm_task_reports_wikitext2_perplexity_with_its_window(tmp_path):
+    result = evaluate_cli(tmp_path, "task=lm", "task.max_length=64", "eval.context_length=128", "eval.stride=64")
+    assert result.returncode == 0, result.stderr[-2000:]
+    wikitext = json.loads((tmp_path / "metrics.json").read_text())["eval"]["benchmarks"]["wikitext2"]
+    assert (wikitext["context_length"], wikitext["stride"], wikitext["windows"]) == (128, 64, 2)
+    assert wikitext["perplexity"] > 1.0
