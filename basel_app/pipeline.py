@@ -32,7 +32,7 @@ from basel_app.evaluate import evaluate_on_task, headline_numbers
 from basel_app.lit.callbacks import KeepPhase, PruneScheduler, Recompose, SpectraRecord
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, reparameterized_parameters
-from basel_app.lit.trainer import build_eval_trainer, build_logger, build_trainer
+from basel_app.lit.trainer import build_logger, build_trainer
 from basel_app.lowrank import (
     compression_ratio,
     count_parameters,

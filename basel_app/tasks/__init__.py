@@ -14,7 +14,9 @@ from basel_app.tasks.records import TaskDataError, read_jsonl
 from basel_app.tasks.registry import TASKS, build_task, register_task
 
 __all__ = [
+    "CodeTask",
     "IGNORE_INDEX",
+    "LMTask",
     "TASKS",
     "MathTask",
     "Task",

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-from omegaconf import OmegaConf
 
 from basel_app.pipeline import run
 
