@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from basel_app.tasks.base import SOURCES, Task
 from basel_app.tasks.encoding import _as_ids
-from basel_app.tasks.records import Record, TaskDataError
+from basel_app.tasks.records import Record, TaskDataError, local_split_file
 from basel_app.tasks.registry import register_task
 
 if TYPE_CHECKING:
@@ -67,17 +67,8 @@ def _split_names(split: str) -> tuple[str, str]:
 
 def _read_local(data_dir: str | Path, split: str) -> str:
     stem, _ = _split_names(split)
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise TaskDataError(f"task.data_dir={str(data_dir)!r} is not a directory; give one holding {stem}.txt")
-    path = data_dir / f"{stem}.txt"
-    if not path.is_file():
-        present = sorted(p.name for p in data_dir.glob("*.txt"))
-        raise TaskDataError(
-            f"task.data_dir={str(data_dir)!r} has no {stem}.txt (split {split!r}); it holds: "
-            f"{', '.join(present) or 'no .txt files'}; expected WikiText-2's train.txt, valid.txt, test.txt"
-        )
-    return path.read_text(encoding="utf-8")
+    expected = "; expected WikiText-2's train.txt, valid.txt, test.txt"
+    return local_split_file(data_dir, split, f"{stem}.txt", expected).read_text(encoding="utf-8")
 
 
 def _read_packaged(split: str) -> str:

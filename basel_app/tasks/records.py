@@ -77,21 +77,25 @@ def read_jsonl(path: str | Path, fields: FieldSpec) -> list[Record]:
     return records
 
 
-def read_local_split(data_dir: str | Path, split: str, fields: FieldSpec) -> list[Record]:
-    """Read ``<data_dir>/<split>.jsonl``; errors name the directory and the file that is missing."""
+def local_split_file(data_dir: str | Path, split: str, filename: str, expected: str = "") -> Path:
+    """``<data_dir>/<filename>``; errors name the directory, the missing file and what the directory holds."""
     data_dir = Path(data_dir)
+    suffix = Path(filename).suffix
     if not data_dir.is_dir():
-        raise TaskDataError(
-            f"task.data_dir={str(data_dir)!r} is not a directory; give one holding {split}.jsonl"
-        )
-    path = data_dir / f"{split}.jsonl"
+        raise TaskDataError(f"task.data_dir={str(data_dir)!r} is not a directory; give one holding {filename}")
+    path = data_dir / filename
     if not path.is_file():
-        present = sorted(p.name for p in data_dir.glob("*.jsonl"))
+        present = sorted(p.name for p in data_dir.glob(f"*{suffix}"))
         raise TaskDataError(
-            f"task.data_dir={str(data_dir)!r} has no {split}.jsonl (split {split!r}); "
-            f"it holds: {', '.join(present) or 'no .jsonl files'}"
+            f"task.data_dir={str(data_dir)!r} has no {filename} (split {split!r}); "
+            f"it holds: {', '.join(present) or f'no {suffix} files'}{expected}"
         )
-    return read_jsonl(path, fields)
+    return path
+
+
+def read_local_split(data_dir: str | Path, split: str, fields: FieldSpec) -> list[Record]:
+    """Read ``<data_dir>/<split>.jsonl``."""
+    return read_jsonl(local_split_file(data_dir, split, f"{split}.jsonl"), fields)
 
 
 def read_packaged_split(resource_dir: str, split: str, fields: FieldSpec) -> list[Record]:
