@@ -212,18 +212,6 @@ class EvalConfig:
 
 
 @dataclass
-class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = 0
-    output_dir: str = "."  # set to Hydra's run dir by the config; resumes if it holds checkpoints
-
-
-@dataclass
 class EvaluateConfig:
     """`python -m basel_app.evaluate`: any model (hub id, local path, a compressed_model/ dir) on a task."""
 
@@ -233,7 +221,14 @@ class EvaluateConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
-    output_dir: str = "."
+    output_dir: str = "."  # set to Hydra's run dir by the config; a compression run resumes if it holds checkpoints
+
+
+@dataclass
+class RunConfig(EvaluateConfig):
+    """`python -m basel_app`: an evaluation config plus the compression method."""
+
+    method: MethodConfig = field(default_factory=MethodConfig)
 
 
 def register_schema() -> None:
