@@ -1,11 +1,12 @@
-"""`run(cfg)`: Algorithm 1 end to end, each step in dependency order.
+"""`run(cfg)`: compress a model with one method end to end, each step in dependency order.
 
 1. Check everything that can be checked without the model (config, model source, data files, the
    pruning schedule) so a mistake costs seconds.
-2. Load the input model, evaluate it.
-3. Stage 1 — one `Trainer.fit`: reparameterize (Eq. 3), keep phase, prune phase, recompose; its
+2. Load the input model, resolve the size budget against it (an impossible one fails here), evaluate.
+3. Stage 1 — Basel/BSI: one `Trainer.fit` of reparameterize (Eq. 3), keep phase, prune phase,
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Either way the
    result is saved as the stage boundary, so a resumed run that finds it skips stage 1.
-4. Stage 2 — a second `Trainer.fit`: post-fine-tune the compressed model.
+4. Stage 2 — a second `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
 5. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
 
 A run dir that already holds checkpoints is resumed from them.
@@ -29,18 +30,29 @@ from basel_app.clock import PhaseClock
 from basel_app.config.schema import ConfigError, MethodConfig, RunConfig
 from basel_app.data import TaskDataModule
 from basel_app.evaluate import evaluate_on_task, headline_numbers
-from basel_app.lit.callbacks import KeepPhase, PruneScheduler, Recompose, SpectraRecord
+from basel_app.lit.callbacks import (
+    BSIImportance,
+    KeepPhase,
+    MagnitudeScorer,
+    PruneScheduler,
+    Recompose,
+    SpectraRecord,
+    full_rank_weights,
+)
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer
 from basel_app.lowrank import (
     compression_ratio,
     count_parameters,
+    find_target_linears,
     iterations_per_pruning,
     layer_ranks,
     reparameterize,
     state_bytes,
 )
+from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budget
+from basel_app.methods.one_shot import factorize_layers, truncate_layers
 from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
 from basel_app.files import atomic_write_json
 
@@ -80,7 +92,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         check_model_source(cfg.model)
         datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed)
         datamodule.load_records()
-        PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg))
+        if cfg.method.is_pruning:
+            PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg))
     except ValueError as err:
         raise ConfigError(str(err)) from err
     logger = build_logger(cfg.logger, out, run_name=out.name)
@@ -91,9 +104,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     model, tokenizer = loaded.model, loaded.tokenizer
     datamodule.attach_tokenizer(tokenizer)
     datamodule.setup("fit")
-    plan = PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg))
+    plan = PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg)) if cfg.method.is_pruning else None
     log.info("phase plan: %s", plan)
     original = {"params": count_parameters(model), "bytes": state_bytes(model)}
+    budget = model_budget(cfg, model, original["params"])
+    log.info("size budget: %s", budget.describe())
     clock.split("load_model")
     evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
     clock.split("eval_before")
@@ -106,9 +121,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         log.info("stage 1 already done: resuming from %s", boundary)
         model, _ = load_compressed(boundary)
         spectra.stages = json.loads((out / "spectra.json").read_text())
-        recomposed_ranks = read_metadata(boundary)["recomposed_ranks"]
+        stage1 = read_metadata(boundary)
     else:
-        model, recomposed_ranks = compress(model, tokenizer, cfg, plan, datamodule, logger, spectra, clock, out)
+        compress_stage = compress if cfg.method.is_pruning else compress_one_shot
+        model, stage1 = compress_stage(model, tokenizer, cfg, plan, budget, datamodule, logger, spectra, clock, out)
+    recomposed_ranks = stage1["recomposed_ranks"]
 
     # 4. Stage 2: post-fine-tune the compressed model.
     if cfg.method.post_finetune_epochs > 0:
@@ -136,6 +153,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     clock.split("save")
     metrics = {
         "method": cfg.method.name,
+        "scorer": cfg.method.scorer,
+        "score": cfg.method.score if cfg.method.name == "bsi" else None,
+        "budget": budget.describe(achieved_params=compressed["params"]),
+        "ablation": cfg.ablations,
+        "importance": stage1.get("importance"),
         "task": cfg.task.name,
         "model": cfg.model.name,
         "base_model": loaded.provenance,
@@ -147,7 +169,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "size_bytes_on_disk": disk_bytes,
         "ranks": layer_ranks(model, recomposed_ranks),
         "eval": evaluation,
-        "phase_plan": asdict(plan),
+        "phase_plan": asdict(plan) if plan else None,
         "wall_time_s": clock.seconds,
         "config": asdict(cfg),
     }
@@ -164,19 +186,74 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     return metrics
 
 
-def compress(
+def model_budget(cfg: RunConfig, model: nn.Module, original_params: int) -> SizeBudget:
+    """The size budget checked against the loaded model, before any decomposition (a ConfigError if no
+    allocation can meet it). Choosing the targets unties a targeted tied head, as compression will."""
+    method = cfg.method
+    names = find_target_linears(model, cfg.model.target_modules, cfg.model.exclude_modules, cfg.model.include_tied_head)
+    targets = {name: model.get_submodule(name) for name in names}
+    extra = method.additional_dim if method.is_pruning else 0
+    try:
+        return resolve_budget(method, original_params, fixed_parameters(model, targets), targets, extra)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def save_boundary(model: nn.Module, tokenizer: Any, out: Path, spectra: SpectraRecord, stage1: dict[str, Any]) -> None:
+    """Stage 1's result, complete or absent: the compressed model with `stage1` (ranks, importance) as
+    metadata, and the spectra so far."""
+    atomic_write_json(out / "spectra.json", spectra.stages)
+    save_compressed(model, tokenizer, out / "checkpoints" / "recomposed", metadata=stage1, overwrite=True)
+
+
+def compress_one_shot(
     model: nn.Module,
     tokenizer: Any,
     cfg: RunConfig,
-    plan: PhasePlan,
+    plan: PhasePlan | None,
+    budget: SizeBudget,
     datamodule: TaskDataModule,
     logger: Logger,
     spectra: SpectraRecord,
     clock: PhaseClock,
     out: Path,
-) -> tuple[nn.Module, dict[str, int]]:
-    """Stage 1 (Algorithm 1, lines 1-22): returns the recomposed model and each layer's rank, and saves
-    both as the stage boundary."""
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Stage 1 of a one-shot baseline: statistics on training batches, the method's factorisation of
+    every targeted layer, truncation to the budget; saved as the stage boundary."""
+    method = cfg.method
+    names = find_target_linears(model, cfg.model.target_modules, cfg.model.exclude_modules, cfg.model.include_tied_head)
+    targets = {name: model.get_submodule(name) for name in names}
+    device = next(model.parameters()).device
+
+    def calibration() -> list[dict[str, Any]]:
+        batches = datamodule.calibration_batches(method.calibration_batches, seed=cfg.seed)
+        return [{key: value.to(device) for key, value in batch.items()} for batch in batches]
+
+    factorizations = factorize_layers(method.name, model, targets, calibration, lambda m, b: m(**b).loss,
+                                      method.asvd_alpha)
+    spectra.add("decomposition", {name: f.values for name, f in factorizations.items()}, logger)
+    clock.split("decompose")
+    ranks = truncate_layers(model, targets, factorizations, budget)
+    clock.split("truncate")
+    stage1 = {"recomposed_ranks": ranks}
+    save_boundary(model, tokenizer, out, spectra, stage1)
+    return model, stage1
+
+
+def compress(
+    model: nn.Module,
+    tokenizer: Any,
+    cfg: RunConfig,
+    plan: PhasePlan,
+    budget: SizeBudget,
+    datamodule: TaskDataModule,
+    logger: Logger,
+    spectra: SpectraRecord,
+    clock: PhaseClock,
+    out: Path,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22): returns the recomposed model and what stage 1
+    found (each layer's rank, BSI's importance records), and saves both as the stage boundary."""
     reparameterize(
         model,
         cfg.model.target_modules,
@@ -189,22 +266,30 @@ def compress(
     clock.split("decompose")
     stage_dir = out / "checkpoints" / "compress"
 
-    recomposed_ranks: dict[str, int] = {}
+    method = cfg.method
+    stage1: dict[str, Any] = {}
+    if method.scorer == "taylor":
+        scorer = BSIImportance(method.importance.batches, method.importance.probes, method.importance.eps_scale,
+                               method.importance.hvp, method.score, seed=cfg.seed)
+    else:
+        scorer = MagnitudeScorer()
 
-    def save_boundary(recomposed: nn.Module, ranks: dict[str, int]) -> None:
-        recomposed_ranks.update(ranks)
-        atomic_write_json(out / "spectra.json", spectra.stages)
-        save_compressed(recomposed, tokenizer, out / "checkpoints" / "recomposed",
-                        metadata={"recomposed_ranks": ranks}, overwrite=True)
+    def on_recomposed(recomposed: nn.Module, ranks: dict[str, int]) -> None:
+        stage1["recomposed_ranks"] = ranks
+        if isinstance(scorer, BSIImportance):
+            stage1["importance"] = scorer.records
+        save_boundary(recomposed, tokenizer, out, spectra, stage1)
 
-    module = CompressionModule(model, reparameterized_parameters, cfg.method.lr, cfg.method.weight_decay)
+    module = CompressionModule(model, reparameterized_parameters, method.lr, method.weight_decay)
     callbacks = [
         spectra,
-        KeepPhase(cfg.method.keeping_epochs, spectra, clock),
-        PruneScheduler(cfg.method.keep_ratio, cfg.method.pruning_times, plan.prune_start_step, plan.prune_steps,
-                       plan.every),
-        Recompose(spectra, clock, save_boundary),
+        KeepPhase(method.keeping_epochs, spectra, clock),
+        PruneScheduler(budget, scorer, method.pruning_times, plan.prune_start_step, plan.prune_steps, plan.every,
+                       start_weights=full_rank_weights(model)),
+        Recompose(spectra, clock, on_recomposed),
     ]
+    if isinstance(scorer, BSIImportance):
+        callbacks.append(scorer)  # a callback too, so its records are checkpointed
     trainer = build_trainer(
         cfg.trainer, max_epochs=cfg.method.keeping_epochs + cfg.method.pruning_epochs, logger=logger,
         callbacks=callbacks, checkpoint_dir=stage_dir, root_dir=out,
@@ -212,7 +297,7 @@ def compress(
     model.train()
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
     shutil.rmtree(stage_dir, ignore_errors=True)  # the boundary artifact supersedes stage-1 checkpoints
-    return module.model, recomposed_ranks
+    return module.model, stage1
 
 
 def log_summary(logger: Logger, metrics: dict[str, Any]) -> None:

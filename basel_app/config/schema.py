@@ -13,6 +13,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from basel_app.lowrank.allocation import ALLOCATIONS
+from basel_app.methods.one_shot import ONE_SHOT_METHODS
+from basel_app.methods.taylor import HVP_MODES, SCORE_VARIANTS
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the value and what is allowed."""
@@ -27,7 +31,16 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
-METHODS = ("basel",)
+PRUNING_METHODS = ("basel", "bsi")  # Algorithm 1: relearn, prune progressively, recompose
+METHODS = PRUNING_METHODS + ONE_SHOT_METHODS  # one-shot: factor, truncate once
+SCORERS = {"basel": "magnitude", "bsi": "taylor"}  # the one thing Basel and BSI differ in
+# Which ablation presets (conf/ablation/) change something for which methods.
+ABLATION_METHODS = {
+    "additional_dim": PRUNING_METHODS,
+    "pruning_times": PRUNING_METHODS,
+    "free_bases": PRUNING_METHODS,
+    "score": ("bsi",),
+}
 MODEL_SOURCES = ("gguf", "hub", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("wandb", "csv")
@@ -112,11 +125,40 @@ class TaskConfig:
 
 
 @dataclass
+class ImportanceConfig:
+    """BSI's Taylor importance (METHODS.md, BSI): M batches, K Hutchinson probes, ε scale, HVP mode."""
+
+    batches: int = 4  # M: training batches the statistics are averaged over, per pruning event
+    probes: int = 8  # K: Rademacher probes per batch (2 gradient evaluations each)
+    eps_scale: float = 1e-3  # ε per layer = eps_scale × RMS of its kept s̃ (see BSIImportance)
+    hvp: str = "finite_difference"  # or double_backward: the exact product, for validation on small models
+
+    def __post_init__(self) -> None:
+        _require(self.batches >= 1, f"method.importance.batches={self.batches} is not allowed; it must be >= 1")
+        _require(self.probes >= 1, f"method.importance.probes={self.probes} is not allowed; Hutchinson needs K >= 1")
+        _require(self.eps_scale > 0, f"method.importance.eps_scale={self.eps_scale} is not allowed; ε must be > 0")
+        _one_of("method.importance.hvp", self.hvp, HVP_MODES)
+
+
+@dataclass
 class MethodConfig:
-    """Algorithm 1's inputs (METHODS.md, Basel) and the optimiser of each phase."""
+    """The compression method (METHODS.md), its size budget, and the optimiser of each phase.
+
+    Budget: `keep_ratio` (the paper's mass per layer) unless `compression_ratio` or `target_params` is
+    set. Fields of Algorithm 1's schedule (epochs, pruning_times, additional_dim, free_bases) are not
+    used by the one-shot methods, which go straight from truncation to post-fine-tuning.
+    """
 
     name: str = "basel"
     keep_ratio: float = 0.5  # fraction of singular-value mass kept per layer, in (0, 1]
+    compression_ratio: float | None = None  # original / compressed parameters (whole model), > 1
+    target_params: int | None = None  # or the compressed model's parameter count
+    allocation: str = "per_layer"  # per_layer | global (BSI with a parameter budget: ranks differ by layer)
+    scorer: str | None = "magnitude"  # pruning criterion: magnitude (basel) | taylor (bsi); null for one-shot
+    score: str = "both"  # taylor variant: both (BSI) | first | second (ablation)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    calibration_batches: int = 8  # one-shot: training batches for Fisher / activation statistics
+    asvd_alpha: float = 0.5  # ASVD: input channels scaled by mean|x|^alpha
     pruning_times: int = 100
     keeping_epochs: int = 1
     pruning_epochs: int = 2
@@ -128,12 +170,49 @@ class MethodConfig:
     weight_decay: float = 0.0  # decay would shrink s̃ and bias the magnitude criterion
     post_finetune_params: str = "all"  # all | lowrank (only the thin factors)
 
+    @property
+    def is_pruning(self) -> bool:
+        return self.name in PRUNING_METHODS
+
     def __post_init__(self) -> None:
         _one_of("method.name", self.name, METHODS)
         _require(
             0.0 < self.keep_ratio <= 1.0,
             f"method.keep_ratio={self.keep_ratio} is not allowed; it must be in (0, 1]",
         )
+        _require(
+            self.compression_ratio is None or self.target_params is None,
+            f"method.compression_ratio={self.compression_ratio} and method.target_params={self.target_params} "
+            "are both set; give one size budget",
+        )
+        _require(
+            self.compression_ratio is None or self.compression_ratio > 1,
+            f"method.compression_ratio={self.compression_ratio} is not allowed; it must be > 1 (original / "
+            "compressed parameters; 1 or less asks for a model at least as large as the input)",
+        )
+        _require(
+            self.target_params is None or self.target_params >= 1,
+            f"method.target_params={self.target_params} is not allowed; it must be a positive parameter count",
+        )
+        _one_of("method.allocation", self.allocation, ALLOCATIONS)
+        if self.allocation == "global":
+            _require(
+                self.scorer == "taylor" and (self.compression_ratio or self.target_params) is not None,
+                f"method.allocation=global is not allowed for method={self.name} with "
+                f"{'a keep_ratio budget' if self.scorer == 'taylor' else f'scorer={self.scorer}'}: it ranks bases "
+                "across layers, which needs comparable scores (method=bsi) and a parameter budget "
+                "(method.compression_ratio or method.target_params)",
+            )
+        if self.is_pruning:
+            _require(
+                self.scorer == SCORERS[self.name],
+                f"method.scorer={self.scorer!r} is not allowed for method={self.name}; it uses "
+                f"{SCORERS[self.name]!r} ({', '.join(f'{m}: {s}' for m, s in SCORERS.items())})",
+            )
+        else:
+            _require(self.scorer is None, f"method.scorer={self.scorer!r} is not allowed for the one-shot "
+                     f"method={self.name}; leave it null")
+        _one_of("method.score", self.score, SCORE_VARIANTS)
         _require(self.pruning_times >= 1, f"method.pruning_times={self.pruning_times} is not allowed; it must be >= 1")
         for key in ("keeping_epochs", "post_finetune_epochs", "additional_dim"):
             _require(getattr(self, key) >= 0, f"method.{key}={getattr(self, key)} is not allowed; it must be >= 0")
@@ -141,6 +220,9 @@ class MethodConfig:
             self.pruning_epochs >= 1,
             f"method.pruning_epochs={self.pruning_epochs} is not allowed; pruning needs at least 1 epoch",
         )
+        _require(self.calibration_batches >= 1,
+                 f"method.calibration_batches={self.calibration_batches} is not allowed; it must be >= 1")
+        _require(self.asvd_alpha >= 0, f"method.asvd_alpha={self.asvd_alpha} is not allowed; it must be >= 0")
         for key in ("lr", "post_finetune_lr"):
             _require(getattr(self, key) > 0, f"method.{key}={getattr(self, key)} is not allowed; it must be > 0")
         _require(self.weight_decay >= 0, f"method.weight_decay={self.weight_decay} is not allowed; it must be >= 0")
@@ -226,9 +308,29 @@ class EvaluateConfig:
 
 @dataclass
 class RunConfig(EvaluateConfig):
-    """`python -m basel_app`: an evaluation config plus the compression method."""
+    """`python -m basel_app`: an evaluation config plus the compression method and its ablations."""
 
     method: MethodConfig = field(default_factory=MethodConfig)
+    ablation: dict[str, bool] = field(default_factory=dict)  # {preset: true} per conf/ablation preset chosen
+
+    @property
+    def ablations(self) -> list[str]:
+        """The ablation presets in effect (["none"] when there are none)."""
+        return sorted(name for name, on in self.ablation.items() if on) or ["none"]
+
+    def __post_init__(self) -> None:
+        for preset in self.ablations:
+            family = next((f for f in ABLATION_METHODS if preset.startswith(f)), None)
+            _require(
+                family is None or self.method.name in ABLATION_METHODS[family],
+                f"ablation={preset} is not allowed with method={self.method.name}: it changes "
+                f"{family} of {' and '.join(ABLATION_METHODS[family]) if family else ''} only",
+            )
+        _require(
+            self.method.name != "bsi" or self.model.dtype == "float32",
+            f"model.dtype={self.model.dtype} is not allowed with method=bsi: its ±ε perturbation of s̃ needs "
+            "float32 singular values (bf16 autocast still applies under trainer=gpu)",
+        )
 
 
 def register_schema() -> None:

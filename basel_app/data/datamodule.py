@@ -255,6 +255,21 @@ class TaskDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def calibration_batches(self, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+        """Up to `count` padded batches of training examples, drawn by a `seed`ed shuffle.
+
+        Importance estimates (BSI) and calibration statistics (the one-shot baselines) come from here,
+        so they only ever see the training split, tokenized exactly as for training. The draw does not
+        touch the training sampler, so training order and resume are unaffected.
+        """
+        self._require_setup(self.train_dataset)
+        if count < 1:
+            raise ValueError(f"count={count} is not allowed; ask for at least 1 calibration batch")
+        order = torch.randperm(len(self.train_dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+        size = self.train_batch_size
+        chunks = [order[i : i + size] for i in range(0, len(order), size)][:count]
+        return [self.collate([self.train_dataset[j] for j in chunk]) for chunk in chunks]
+
     # mid-epoch resume -----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, int]:

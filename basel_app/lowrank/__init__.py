@@ -1,5 +1,6 @@
 """The low-rank math in pure torch: the Eq. 3 layer, the thin recomposed layer, injection by name
-patterns, the pruning rule and schedule, recomposition, and parameter/byte accounting."""
+patterns, the pruning schedule, the budget allocation rule, recomposition, the baselines' factorisations,
+and parameter/byte accounting."""
 
 from basel_app.lowrank.accounting import (
     compression_ratio,
@@ -16,18 +17,30 @@ from basel_app.lowrank.inject import (
     reparameterize,
     set_submodule,
 )
-from basel_app.lowrank.pruning import (
-    iterations_per_pruning,
+from basel_app.lowrank.allocation import (
+    ALLOCATIONS,
+    BudgetError,
+    LayerBases,
+    keep_within,
+    layer_weight_params,
     mass_keep_mask,
-    per_step_keep_ratio,
-    pruning_events_due,
+    scheduled_weight_budget,
+    smallest_weight_params,
 )
+from basel_app.lowrank.pruning import iterations_per_pruning, per_step_keep_ratio, pruning_events_due
 from basel_app.lowrank.recompose import break_even_rank, recompose_layer, recompose_model, thin_svd_of_product
 from basel_app.lowrank.reparam import BaselLinear, cheaper_path, decomposition_dtype
 from basel_app.lowrank.thin import LowRankLinear
 
 __all__ = [
+    "ALLOCATIONS",
     "BaselLinear",
+    "BudgetError",
+    "LayerBases",
+    "keep_within",
+    "layer_weight_params",
+    "scheduled_weight_budget",
+    "smallest_weight_params",
     "LowRankLinear",
     "break_even_rank",
     "cheaper_path",

@@ -126,3 +126,25 @@ def test_from_config():
     dm = TaskDataModule.from_config(TaskConfig(max_train_samples=8, train_batch_size=4), seed=0)
     dm.load_records()
     assert dm.task.name == "math" and dm.num_train_batches == 2
+
+
+def test_calibration_batches_come_from_the_training_split_only_and_leave_training_untouched():
+    dm = make_dm(max_train_samples=12, max_eval_samples=5)
+    dm.attach_tokenizer(make_byte_tokenizer(CHATML, eos="<|im_end|>"))
+    dm.setup("fit")
+    train_rows = {tuple(item["input_ids"]) for item in dm.train_dataset.items}
+    eval_rows = {tuple(item["input_ids"]) for item in dm.eval_dataset.items}
+    order_before = [batch["input_ids"].tolist() for batch in dm.train_dataloader()]
+    batches = dm.calibration_batches(3, seed=7)
+    assert len(batches) == 3 and all(b["input_ids"].shape[0] == 3 for b in batches)
+    for batch in batches:
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            row = tuple(ids[mask.bool()].tolist())
+            assert row in train_rows and row not in eval_rows
+    again = dm.calibration_batches(3, seed=7)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
+    assert not torch.equal(dm.calibration_batches(1, seed=8)[0]["input_ids"], batches[0]["input_ids"])
+    assert len(dm.calibration_batches(100, seed=0)) == 4  # no more than the split holds
+    assert [batch["input_ids"].tolist() for batch in dm.train_dataloader()] == order_before
+    with pytest.raises(ValueError, match="count=0 is not allowed"):
+        dm.calibration_batches(0, seed=0)

@@ -71,8 +71,14 @@ def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
     assert {"decomposition", "relearned", "pruned", "recomposed"} <= set(spectra)
 
 
-def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path, monkeypatch):
-    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_epochs=0", "eval.enabled=false")
+@pytest.mark.parametrize(
+    "method",
+    [("method=basel",),  # keep-ratio budget, magnitude scorer
+     ("method=bsi", "method.compression_ratio=1.8", "method.importance.batches=1", "method.importance.probes=2")],
+    ids=["basel", "bsi"],
+)
+def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path, monkeypatch, method):
+    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_epochs=0", "eval.enabled=false", *method)
     reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
 
     # 16 samples / batch 4 = 4 steps per epoch: keep phase steps 1-4, prune phase steps 5-12.

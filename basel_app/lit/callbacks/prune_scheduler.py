@@ -1,5 +1,6 @@
-"""Prune phase: every `every` optimizer steps, each layer drops its smallest-|s̃| bases so that the
-kept mass is `keep_ratio^(1/pruning_times)` of the mass before (Algorithm 1, lines 7-15).
+"""Prune phase: every `every` optimizer steps a pruning event asks the scorer for each basis's priority
+and drops, in every layer, the lowest-priority bases the size budget says must go (Algorithm 1, lines
+7-15, with the budget and the criterion pluggable; see `SizeBudget.event_masks`).
 
 The number of events due is a pure function of the step (`pruning_events_due`), and the events done
 are callback state, so a run resumed from any checkpoint prunes exactly where the original would.
@@ -15,15 +16,39 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 
-from basel_app.lowrank import lowrank_layers, mass_keep_mask, per_step_keep_ratio, pruning_events_due
+from basel_app.lit.callbacks.scorers import Scorer
+from basel_app.lowrank import LayerBases, layer_weight_params, lowrank_layers, pruning_events_due
+from basel_app.methods.budget import SizeBudget
 
 log = logging.getLogger(__name__)
 
 
+def layer_bases(model: torch.nn.Module, priorities: dict[str, torch.Tensor]) -> list[LayerBases]:
+    """The allocation view of every reparameterized layer, with the mass |s̃|."""
+    return [
+        LayerBases(layer.out_features, layer.in_features, layer.keep_mask.cpu(), priorities[name].detach().cpu(),
+                   layer.singular_values.detach().abs().cpu(), layer.additional_dim)
+        for name, layer in lowrank_layers(model).items()
+    ]
+
+
+def full_rank_weights(model: torch.nn.Module) -> int:
+    """Σ (r + r̃)(n + m) over the reparameterized layers: the uncapped weight count before any pruning."""
+    return sum(
+        int(layer_weight_params(layer.out_features, layer.in_features, layer.keep_mask.numel() + layer.additional_dim,
+                                dense_cap=False))
+        for layer in lowrank_layers(model).values()
+    )
+
+
 class PruneScheduler(Callback):
-    def __init__(self, keep_ratio: float, pruning_times: int, start_step: int, phase_steps: int, every: int) -> None:
-        self.ratio_per_event = per_step_keep_ratio(keep_ratio, pruning_times)
+    def __init__(
+        self, budget: SizeBudget, scorer: Scorer, pruning_times: int, start_step: int, phase_steps: int, every: int,
+        start_weights: int,
+    ) -> None:
+        self.budget, self.scorer = budget, scorer
         self.pruning_times, self.start_step, self.phase_steps, self.every = pruning_times, start_step, phase_steps, every
+        self.start_weights = start_weights
         self.events_done = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -32,20 +57,28 @@ class PruneScheduler(Callback):
             return
         due = pruning_events_due(step_in_phase, self.phase_steps, self.every, self.pruning_times)
         while self.events_done < due:
-            self._prune_once(pl_module.model)
+            self._prune_once(trainer, pl_module, self.events_done + 1)
             self.events_done += 1
-            ranks = [layer.kept_rank for layer in lowrank_layers(pl_module.model).values()]
+            layers = lowrank_layers(pl_module.model).values()
+            ranks = [layer.kept_rank for layer in layers]
+            weights = sum(int(layer_weight_params(layer.out_features, layer.in_features, layer.rank)) for layer in layers)
             pl_module.log_dict(
-                {"prune/events": float(self.events_done), "prune/mean_kept_rank": sum(ranks) / len(ranks)},
+                {"prune/events": float(self.events_done), "prune/mean_kept_rank": sum(ranks) / len(ranks),
+                 "prune/layer_weights": float(weights)},
                 on_step=True,
             )
-            log.info("pruning event %d/%d at step %d: mean kept rank %.1f",
-                     self.events_done, self.pruning_times, trainer.global_step, sum(ranks) / len(ranks))
+            log.info("pruning event %d/%d at step %d (%s): mean kept rank %.1f, %d layer weights",
+                     self.events_done, self.pruning_times, trainer.global_step, self.scorer.name,
+                     sum(ranks) / len(ranks), weights)
 
     @torch.no_grad()
-    def _prune_once(self, model: torch.nn.Module) -> None:
-        for layer in lowrank_layers(model).values():
-            layer.prune(mass_keep_mask(layer.singular_values.abs(), layer.keep_mask, self.ratio_per_event))
+    def _prune_once(self, trainer: L.Trainer, pl_module: L.LightningModule, event: int) -> None:
+        with torch.enable_grad():  # a Taylor scorer differentiates the loss
+            priorities = self.scorer.priorities(trainer, pl_module, event)
+        bases = layer_bases(pl_module.model, priorities)
+        masks = self.budget.event_masks(bases, event, self.pruning_times, self.start_weights)
+        for layer, mask in zip(lowrank_layers(pl_module.model).values(), masks):
+            layer.prune(mask.to(layer.keep_mask.device))
 
     def state_dict(self) -> dict[str, Any]:
         return {"events_done": self.events_done}

@@ -1,0 +1,106 @@
+"""The one-shot baselines' truncated factorisations (METHODS.md, Baselines), in pure torch.
+
+Each one weights the weight W (n×m) by what its paper says matters, takes the SVD of the weighted
+matrix, and undoes the weighting in one factor, giving W ≈ L diag(σ) Rᵀ with σ descending:
+
+    SVD       W                = U Σ Vᵀ    L = U,               R = V
+    FWSVD     diag(√I) W       = U Σ Vᵀ    L = diag(1/√I) U,    R = V          I: Fisher per output row
+    SVD-LLM   W S              = U Σ Vᵀ    L = U,               R = S⁻ᵀ V      S Sᵀ = X Xᵀ (Cholesky)
+    ASVD      W diag(a^α)      = U Σ Vᵀ    L = U,               R = diag(a^-α) V   a: mean |x| per input
+
+Truncating to k keeps the first k triplets; σ is also what a keep ratio measures for these methods.
+SVD-LLM's whitening makes σ_i² exactly the output error ‖(W − Ŵ)X‖² that dropping triplet i costs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from basel_app.lowrank.reparam import decomposition_dtype
+
+log = logging.getLogger(__name__)
+
+FACTORIZATIONS = ("svd", "fwsvd", "svd_llm", "asvd")
+# Relative floors that keep a zero importance (a dead row, a silent input channel) from dividing by zero.
+SCALE_FLOOR = 1e-8
+
+
+@dataclass
+class Factorization:
+    """W ≈ left diag(values) rightᵀ; left (n×r), values (r,) descending, right (m×r)."""
+
+    left: torch.Tensor
+    values: torch.Tensor
+    right: torch.Tensor
+
+    def truncated(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(up (n×k), down (k×m)) of the kept triplets (`keep` a bool mask or index tensor): Ŵ = up @ down."""
+        return self.left[:, keep], (self.values[keep, None] * self.right[:, keep].T)
+
+
+def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U (n×r), σ (r,), V (m×r) at the decomposition precision (float64 for small matrices)."""
+    u, s, vh = torch.linalg.svd(matrix.to(decomposition_dtype(matrix.numel())), full_matrices=False)
+    return u, s, vh.T
+
+
+def _positive(scale: torch.Tensor, name: str) -> torch.Tensor:
+    if scale.ndim != 1 or not torch.isfinite(scale).all() or (scale < 0).any():
+        raise ValueError(f"{name} must be a finite, non-negative vector, got shape {tuple(scale.shape)}")
+    return scale.clamp(min=float(scale.max()) * SCALE_FLOOR + torch.finfo(torch.float64).tiny)
+
+
+def svd_factorization(weight: torch.Tensor) -> Factorization:
+    u, s, v = _svd(weight.detach())
+    return Factorization(u, s, v)
+
+
+def fwsvd_factorization(weight: torch.Tensor, row_fisher: torch.Tensor) -> Factorization:
+    """`row_fisher` (n,): Σ over the row's weights of the squared task gradients (Hsu et al., 2022)."""
+    w = weight.detach()
+    root = _positive(row_fisher.detach().to(decomposition_dtype(w.numel())), "row_fisher").sqrt()
+    u, s, v = _svd(root[:, None] * w.to(root.dtype))
+    return Factorization(u / root[:, None], s, v)
+
+
+def svd_llm_factorization(weight: torch.Tensor, gram: torch.Tensor, damping: float = 1e-6) -> Factorization:
+    """`gram` (m×m): X Xᵀ of the layer's inputs on calibration data (Wang et al., 2024).
+
+    A Gram matrix from fewer tokens than inputs is singular; `damping` × its mean diagonal is added
+    (then ×10, up to 1e-2) until the Cholesky factorisation succeeds, and the amount is logged.
+    """
+    w = weight.detach()
+    dtype = decomposition_dtype(w.numel())
+    g = gram.detach().to(dtype)
+    m = w.shape[1]
+    if g.shape != (m, m):
+        raise ValueError(f"gram must be ({m}, {m}) for a weight with {m} inputs, got {tuple(g.shape)}")
+    g = (g + g.T) / 2
+    eye = torch.eye(m, dtype=dtype, device=g.device)
+    scale = float(g.diagonal().mean().clamp(min=torch.finfo(dtype).tiny))
+    added = 0.0
+    while True:
+        chol, info = torch.linalg.cholesky_ex(g + added * scale * eye)
+        if int(info) == 0:
+            break
+        added = damping if added == 0.0 else added * 10
+        if added > 1e-2:
+            raise ValueError("the activation Gram matrix is not positive definite even with 1e-2 damping")
+    if added:
+        log.debug("SVD-LLM: Gram matrix damped by %.0e x its mean diagonal", added)
+    u, s, v = _svd(w.to(dtype) @ chol)
+    # R = S⁻ᵀ V, i.e. Rᵀ = Vᵀ S⁻¹: solve Sᵀ R = V with Sᵀ upper triangular.
+    right = torch.linalg.solve_triangular(chol.T, v, upper=True)
+    return Factorization(u, s, right)
+
+
+def asvd_factorization(weight: torch.Tensor, input_abs_mean: torch.Tensor, alpha: float = 0.5) -> Factorization:
+    """`input_abs_mean` (m,): mean |x| per input channel on calibration data (Yuan et al., 2023)."""
+    w = weight.detach()
+    dtype = decomposition_dtype(w.numel())
+    scale = _positive(input_abs_mean.detach().to(dtype), "input_abs_mean") ** alpha
+    u, s, v = _svd(w.to(dtype) * scale[None, :])
+    return Factorization(u, s, v / scale[:, None])

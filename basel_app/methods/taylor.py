@@ -1,0 +1,153 @@
+"""BSI's importance: the gradient and Hessian diagonal of the task loss w.r.t. the singular-value weights,
+and the second-order Taylor estimate of the loss change of removing each basis (METHODS.md, BSI).
+
+    ΔL_i ≈ −g_i s̃_i + ½ H_ii s̃_i²
+
+diag(H) by Hutchinson probing: z Rademacher, d = ε ⊙ z (ε per coordinate, relative to the layer's
+singular values), and H d from a symmetric finite difference of gradients on the same batch,
+
+    H d ≈ (∇L(s̃ + d) − ∇L(s̃ − d)) / 2,        H_ii ≈ mean over probes of z_i (H d)_i / ε_i
+
+so one probe costs two gradient evaluations whatever the number of bases and needs no double backward
+(fused attention kernels and FSDP have none). The exact double-backward H d is kept to validate it.
+Perturbations and differences are done in the parameters' own precision, which must be at least float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+HVP_MODES = ("finite_difference", "double_backward")
+SCORE_VARIANTS = ("both", "first", "second")
+
+LossFn = Callable[[object], torch.Tensor]
+
+
+def _require_full_precision(params: Sequence[torch.Tensor]) -> None:
+    for p in params:
+        if torch.finfo(p.dtype).bits < 32:
+            raise ValueError(
+                f"BSI perturbs the singular values in at least float32, but they are stored in {p.dtype}; "
+                "load the model in float32 (model.dtype=float32; bf16 autocast still applies)"
+            )
+
+
+def gradient(loss_fn: LossFn, params: Sequence[torch.Tensor], batch: object) -> list[torch.Tensor]:
+    """∇L(batch) w.r.t. `params` (zeros where a parameter does not reach the loss, e.g. pruned bases)."""
+    loss = loss_fn(batch)
+    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+
+@torch.no_grad()
+def _assign(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+    for p, v in zip(params, values):
+        p.copy_(v)
+
+
+def hvp_finite_difference(
+    loss_fn: LossFn, params: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], batch: object
+) -> list[torch.Tensor]:
+    """H d ≈ (∇L(p + d) − ∇L(p − d)) / 2 on one batch (error O(|d|³)); `params` are restored exactly."""
+    _require_full_precision(params)
+    origin = [p.detach().clone() for p in params]
+    try:
+        _assign(params, [o + d for o, d in zip(origin, direction)])
+        plus = gradient(loss_fn, params, batch)
+        _assign(params, [o - d for o, d in zip(origin, direction)])
+        minus = gradient(loss_fn, params, batch)
+    finally:
+        _assign(params, origin)
+    return [(a - b) / 2 for a, b in zip(plus, minus)]
+
+
+def hvp_double_backward(
+    loss_fn: LossFn, params: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], batch: object
+) -> list[torch.Tensor]:
+    """The exact H d by differentiating g·d (needs a model whose ops support double backward)."""
+    loss = loss_fn(batch)
+    grads = torch.autograd.grad(loss, list(params), create_graph=True, allow_unused=True)
+    dot = sum((g * d).sum() for g, d in zip(grads, direction) if g is not None)
+    hvp = torch.autograd.grad(dot, list(params), allow_unused=True)
+    return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hvp)]
+
+
+@dataclass
+class TaylorStatistics:
+    """Per parameter tensor: mean gradient, Hutchinson diag(H), and the standard error of that diagonal."""
+
+    grad: list[torch.Tensor]
+    hessian_diag: list[torch.Tensor]
+    hessian_stderr: list[torch.Tensor]
+    samples: int  # probes × batches behind each diagonal entry
+
+
+def estimate_taylor_statistics(
+    loss_fn: LossFn,
+    params: Sequence[torch.Tensor],
+    batches: Iterable[object],
+    probes: int,
+    eps: Sequence[torch.Tensor],
+    hvp: str = "finite_difference",
+    generator: torch.Generator | None = None,
+) -> TaylorStatistics:
+    """g and diag(H) of the mean loss over `batches`, with `probes` Rademacher probes per batch.
+
+    `eps` holds the per-coordinate perturbation sizes ε (same shapes as `params`, all > 0). The standard
+    error is the sample standard deviation of the probes' estimates z ⊙ H z / ε over √(probes × batches):
+    it covers both the probing noise (Σ_{j≠i} H_ij² ε_j²/ε_i² per probe) and the batch-to-batch spread.
+    """
+    if probes < 1:
+        raise ValueError(f"probes={probes} is not allowed; Hutchinson needs at least 1 probe")
+    if hvp not in HVP_MODES:
+        raise ValueError(f"hvp={hvp!r} is not allowed; choose one of: {', '.join(HVP_MODES)}")
+    if any(bool((e <= 0).any()) for e in eps):
+        raise ValueError("every perturbation size eps must be > 0")
+    product = hvp_finite_difference if hvp == "finite_difference" else hvp_double_backward
+    wide = [torch.float64] * len(params)
+    grad_sum = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
+    diag_sum = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
+    diag_sq = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
+    n_batches = samples = 0
+    for batch in batches:
+        n_batches += 1
+        for total, g in zip(grad_sum, gradient(loss_fn, params, batch)):
+            total += g
+        for _ in range(probes):
+            z = [torch.randint(0, 2, p.shape, generator=generator, device="cpu").to(p) * 2 - 1 for p in params]
+            direction = [e * zi for e, zi in zip(eps, z)]
+            hd = product(loss_fn, params, direction, batch)
+            for s, sq, zi, h, e in zip(diag_sum, diag_sq, z, hd, eps):
+                sample = (zi * h / e).double()
+                s += sample
+                sq += sample * sample
+            samples += 1
+    if not n_batches:
+        raise ValueError("no batches to estimate the Taylor statistics on")
+    mean = [s / samples for s in diag_sum]
+    if samples > 1:
+        var = [(sq - samples * mu * mu).clamp(min=0) / (samples - 1) for sq, mu in zip(diag_sq, mean)]
+        stderr = [(v / samples).sqrt() for v in var]
+    else:  # one sample gives no spread to measure
+        stderr = [torch.full_like(mu, float("inf")) for mu in mean]
+    return TaylorStatistics([g / n_batches for g in grad_sum], mean, stderr, samples)
+
+
+def taylor_scores(
+    values: torch.Tensor, grad: torch.Tensor, hessian_diag: torch.Tensor, variant: str = "both"
+) -> torch.Tensor:
+    """Expected loss increase of removing each basis (s̃_i → 0): higher means keep.
+
+    both: −g s̃ + ½ H s̃² (BSI);  first: |g s̃|;  second: ½ H s̃².
+    """
+    s, g, h = values.detach().double(), grad.double(), hessian_diag.double()
+    if variant == "both":
+        return -g * s + 0.5 * h * s * s
+    if variant == "first":
+        return (g * s).abs()
+    if variant == "second":
+        return 0.5 * h * s * s
+    raise ValueError(f"variant={variant!r} is not allowed; choose one of: {', '.join(SCORE_VARIANTS)}")

@@ -1,0 +1,40 @@
+"""Every method from the command line on SmolLM2 (small settings): one compression budget for all of
+them, and a metrics.json that says which method, scorer, budget and ablation produced it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+# q/k/o_proj are 23.4M of SmolLM2's 134.5M parameters (scale=cpu), so 1.1x is a real cut of those layers.
+SMALL = ["logger=csv", "task.max_train_samples=4", "task.max_eval_samples=4", "task.max_length=160",
+         "method.pruning_times=2", "method.compression_ratio=1.1", "method.post_finetune_epochs=1",
+         "method.importance.batches=1", "method.calibration_batches=2", "eval.benchmarks=[]",
+         "trainer.enable_progress_bar=false"]
+
+
+@pytest.mark.parametrize("method,ablation", [("basel", "none"), ("bsi", "score_second"), ("svd", "none"),
+                                             ("fwsvd", "none"), ("svd_llm", "none"), ("asvd", "none")])
+def test_method_runs_end_to_end_from_the_cli_on_smollm2(tmp_path, method, ablation):
+    result = subprocess.run(
+        [sys.executable, "-m", "basel_app", f"hydra.run.dir={tmp_path}", f"method={method}", f"ablation={ablation}",
+         *SMALL],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["method"], metrics["ablation"]) == (method, [ablation])
+    assert metrics["scorer"] == {"basel": "magnitude", "bsi": "taylor"}.get(method)
+    assert metrics["budget"]["kind"] == "params"
+    assert metrics["budget"]["target_compression_ratio"] == pytest.approx(1.1)
+    assert 1.1 <= metrics["compression_ratio"] < 1.1 * 1.02
+    assert len(metrics["ranks"]) == 30 * 3
+    assert metrics["eval"]["after"]["answer_loss"] > 0
+    assert (tmp_path / "compressed_model" / "config.json").exists()
