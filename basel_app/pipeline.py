@@ -3,14 +3,14 @@
 1. Check everything that can be checked without the model (config, model source, data files, the
    pruning schedule) so a mistake costs seconds.
 2. Load the input model, resolve the size budget against it (an impossible one fails here), evaluate.
-3. Stage 1 — Basel/BSI: one `Trainer.fit` of reparameterize (Eq. 3), keep phase, prune phase,
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Either way the
-   result is saved as the stage boundary, so a resumed run that finds it skips stage 1.
-4. Stage 2 — a second `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
-5. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
+3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
+4. Stage 1 — Basel/BSI: one `Trainer.fit` of reparameterize (Eq. 3), keep phase, prune phase,
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate.
+5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
+6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
 
-A run dir that already holds checkpoints is resumed from them.
-"""
+Stages 0 and 1 each end in a saved model (a stage boundary), so a resumed run that finds one skips
+what produced it; within a stage, a run dir that holds checkpoints is resumed from them."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import logging
 import math
 import shutil
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from basel_app.lit.callbacks import (
     full_rank_weights,
 )
 from basel_app.lit.module import CompressionModule
-from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, reparameterized_parameters
+from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer
 from basel_app.lowrank import (
     compression_ratio,
@@ -113,9 +114,22 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
     clock.split("eval_before")
 
-    # 3. Stage 1: keep + prune + recompose, unless an earlier attempt finished it.
+    # 3. Stage 0 (optional, any method): fine-tune the input model on the task; its result is a boundary too.
     checkpoints = out / "checkpoints"
     boundary = checkpoints / "recomposed"
+    pretuned = checkpoints / "pre_finetuned"
+    if cfg.method.pre_finetune_epochs > 0 and not boundary.is_dir():
+        if pretuned.is_dir():
+            log.info("stage 0 already done: resuming from %s", pretuned)
+            model, _ = load_compressed(pretuned)
+        else:
+            finetune(model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
+                     checkpoints / "pre_finetune", cfg, datamodule, logger, out)
+            save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
+            shutil.rmtree(checkpoints / "pre_finetune", ignore_errors=True)
+        clock.split("pre_finetune")
+
+    # 4. Stage 1: keep + prune + recompose (or a one-shot truncation), unless an earlier attempt finished it.
     spectra = SpectraRecord()
     if boundary.is_dir():
         log.info("stage 1 already done: resuming from %s", boundary)
@@ -127,22 +141,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         model, stage1 = compress_stage(model, tokenizer, cfg, plan, budget, datamodule, logger, spectra, clock, out)
     recomposed_ranks = stage1["recomposed_ranks"]
 
-    # 4. Stage 2: post-fine-tune the compressed model.
+    # 5. Stage 2: post-fine-tune the compressed model.
     if cfg.method.post_finetune_epochs > 0:
-        module = CompressionModule(
-            model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
-            cfg.method.weight_decay,
-        )
-        stage_dir = checkpoints / "post_finetune"
-        trainer = build_trainer(
-            cfg.trainer, max_epochs=cfg.method.post_finetune_epochs, logger=logger, callbacks=[],
-            checkpoint_dir=stage_dir, root_dir=out,
-        )
-        model.train()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+        finetune(model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
+                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune", cfg, datamodule, logger, out)
         clock.split("post_finetune")
 
-    # 5. Evaluate and write the results.
+    # 6. Evaluate and write the results.
     evaluation["after"] = evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)
     clock.split("eval_after")
     compressed = {"params": count_parameters(model), "bytes": state_bytes(model)}
@@ -158,6 +163,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "budget": budget.describe(achieved_params=compressed["params"]),
         "ablation": cfg.ablations,
         "importance": stage1.get("importance"),
+        "conditioning": stage1.get("conditioning"),  # SVD-LLM: the layers whose Gram matrix needed damping
         "task": cfg.task.name,
         "model": cfg.model.name,
         "base_model": loaded.provenance,
@@ -184,6 +190,25 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     log.info("compressed model: %s", model_dir)
     log.info("metrics: %s", out / "metrics.json")
     return metrics
+
+
+def finetune(
+    model: nn.Module,
+    select: Callable[[nn.Module], list[nn.Parameter]],
+    lr: float,
+    epochs: int,
+    stage_dir: Path,
+    cfg: RunConfig,
+    datamodule: TaskDataModule,
+    logger: Logger,
+    out: Path,
+) -> None:
+    """Plain task fine-tuning of the `select`ed parameters, in place, resumable from `stage_dir` (stages 0 and 2)."""
+    module = CompressionModule(model, select, lr, cfg.method.weight_decay)
+    trainer = build_trainer(cfg.trainer, max_epochs=epochs, logger=logger, callbacks=[], checkpoint_dir=stage_dir,
+                            root_dir=out)
+    model.train()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
 
 
 def model_budget(cfg: RunConfig, model: nn.Module, original_params: int) -> SizeBudget:
@@ -235,7 +260,8 @@ def compress_one_shot(
     clock.split("decompose")
     ranks = truncate_layers(model, targets, factorizations, budget)
     clock.split("truncate")
-    stage1 = {"recomposed_ranks": ranks}
+    stage1 = {"recomposed_ranks": ranks,
+              "conditioning": {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}}
     save_boundary(model, tokenizer, out, spectra, stage1)
     return model, stage1
 

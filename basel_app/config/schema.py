@@ -162,6 +162,10 @@ class MethodConfig:
     pruning_times: int = 100
     keeping_epochs: int = 1
     pruning_epochs: int = 2
+    # Stage 0, any method: fine-tune the whole input model on the task before compressing it (the Basel
+    # paper's SVD and FWSVD baselines compress a task-fine-tuned model); give every compared method the same.
+    pre_finetune_epochs: int = 0
+    pre_finetune_lr: float = 2e-5
     post_finetune_epochs: int = 3
     additional_dim: int = 32  # r̃: new bases learned beside the kept ones
     free_bases: bool = False  # train U, V too (ablation); the paper freezes them
@@ -214,7 +218,7 @@ class MethodConfig:
                      f"method={self.name}; leave it null")
         _one_of("method.score", self.score, SCORE_VARIANTS)
         _require(self.pruning_times >= 1, f"method.pruning_times={self.pruning_times} is not allowed; it must be >= 1")
-        for key in ("keeping_epochs", "post_finetune_epochs", "additional_dim"):
+        for key in ("keeping_epochs", "pre_finetune_epochs", "post_finetune_epochs", "additional_dim"):
             _require(getattr(self, key) >= 0, f"method.{key}={getattr(self, key)} is not allowed; it must be >= 0")
         _require(
             self.pruning_epochs >= 1,
@@ -223,7 +227,7 @@ class MethodConfig:
         _require(self.calibration_batches >= 1,
                  f"method.calibration_batches={self.calibration_batches} is not allowed; it must be >= 1")
         _require(self.asvd_alpha >= 0, f"method.asvd_alpha={self.asvd_alpha} is not allowed; it must be >= 0")
-        for key in ("lr", "post_finetune_lr"):
+        for key in ("lr", "pre_finetune_lr", "post_finetune_lr"):
             _require(getattr(self, key) > 0, f"method.{key}={getattr(self, key)} is not allowed; it must be > 0")
         _require(self.weight_decay >= 0, f"method.weight_decay={self.weight_decay} is not allowed; it must be >= 0")
         _one_of("method.post_finetune_params", self.post_finetune_params, POST_FINETUNE_PARAMS)

@@ -14,14 +14,11 @@ SVD-LLM's whitening makes σ_i² exactly the output error ‖(W − Ŵ)X‖² th
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from basel_app.lowrank.reparam import decomposition_dtype
-
-log = logging.getLogger(__name__)
 
 FACTORIZATIONS = ("svd", "fwsvd", "svd_llm", "asvd")
 # Relative floors that keep a zero importance (a dead row, a silent input channel) from dividing by zero.
@@ -35,6 +32,7 @@ class Factorization:
     left: torch.Tensor
     values: torch.Tensor
     right: torch.Tensor
+    note: str = ""  # how a weighting was conditioned, where it needed care (SVD-LLM's whitening)
 
     def truncated(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(up (n×k), down (k×m)) of the kept triplets (`keep` a bool mask or index tensor): Ŵ = up @ down."""
@@ -66,11 +64,34 @@ def fwsvd_factorization(weight: torch.Tensor, row_fisher: torch.Tensor) -> Facto
     return Factorization(u / root[:, None], s, v)
 
 
+def whitening_factor(gram: torch.Tensor, damping: float = 1e-6, max_damping: float = 1e-2) -> tuple[torch.Tensor, str]:
+    """S with S Sᵀ = X Xᵀ (m×m), and how it was obtained.
+
+    Cholesky first; a Gram matrix from fewer tokens than inputs is singular and rounding can make it
+    slightly indefinite, so `damping` × its mean diagonal is added (×10 each retry, up to `max_damping`).
+    If even that fails, fall back to `eigh` with eigenvalues clamped at `max_damping` × the mean
+    diagonal: S = Q diag(√λ). Any S with S Sᵀ = X Xᵀ whitens, so the truncation stays error-aware.
+    """
+    m = gram.shape[0]
+    g = (gram + gram.T) / 2
+    eye = torch.eye(m, dtype=g.dtype, device=g.device)
+    scale = float(g.diagonal().mean().clamp(min=torch.finfo(g.dtype).tiny))
+    added = 0.0
+    while added <= max_damping:
+        chol, info = torch.linalg.cholesky_ex(g + added * scale * eye)
+        if int(info) == 0 and bool(torch.isfinite(chol).all()):
+            return chol, "cholesky" if added == 0.0 else f"cholesky damped {added:.0e}"
+        added = damping if added == 0.0 else added * 10
+    eigenvalues, vectors = torch.linalg.eigh(g)
+    floor = max_damping * scale
+    clamped = int((eigenvalues < floor).sum())
+    return vectors * eigenvalues.clamp(min=floor).sqrt(), f"eigh, {clamped} of {m} eigenvalues clamped"
+
+
 def svd_llm_factorization(weight: torch.Tensor, gram: torch.Tensor, damping: float = 1e-6) -> Factorization:
     """`gram` (m×m): X Xᵀ of the layer's inputs on calibration data (Wang et al., 2024).
 
-    A Gram matrix from fewer tokens than inputs is singular; `damping` × its mean diagonal is added
-    (then ×10, up to 1e-2) until the Cholesky factorisation succeeds, and the amount is logged.
+    The whitening factor comes from `whitening_factor`; how (plain, damped or eigh) is kept in `note`.
     """
     w = weight.detach()
     dtype = decomposition_dtype(w.numel())
@@ -78,23 +99,16 @@ def svd_llm_factorization(weight: torch.Tensor, gram: torch.Tensor, damping: flo
     m = w.shape[1]
     if g.shape != (m, m):
         raise ValueError(f"gram must be ({m}, {m}) for a weight with {m} inputs, got {tuple(g.shape)}")
-    g = (g + g.T) / 2
-    eye = torch.eye(m, dtype=dtype, device=g.device)
-    scale = float(g.diagonal().mean().clamp(min=torch.finfo(dtype).tiny))
-    added = 0.0
-    while True:
-        chol, info = torch.linalg.cholesky_ex(g + added * scale * eye)
-        if int(info) == 0:
-            break
-        added = damping if added == 0.0 else added * 10
-        if added > 1e-2:
-            raise ValueError("the activation Gram matrix is not positive definite even with 1e-2 damping")
-    if added:
-        log.debug("SVD-LLM: Gram matrix damped by %.0e x its mean diagonal", added)
-    u, s, v = _svd(w.to(dtype) @ chol)
-    # R = S⁻ᵀ V, i.e. Rᵀ = Vᵀ S⁻¹: solve Sᵀ R = V with Sᵀ upper triangular.
-    right = torch.linalg.solve_triangular(chol.T, v, upper=True)
-    return Factorization(u, s, right)
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("the activation Gram matrix has non-finite entries; check the calibration batches")
+    factor, note = whitening_factor(g, damping)
+    u, s, v = _svd(w.to(dtype) @ factor)
+    # R = S⁻ᵀ V: solve Sᵀ R = V (triangular when S is a Cholesky factor; S = Q diag(√λ) otherwise).
+    if note.startswith("cholesky"):
+        right = torch.linalg.solve_triangular(factor.T, v, upper=True)
+    else:
+        right = torch.linalg.solve(factor.T, v)
+    return Factorization(u, s, right, note)
 
 
 def asvd_factorization(weight: torch.Tensor, input_abs_mean: torch.Tensor, alpha: float = 0.5) -> Factorization:

@@ -49,7 +49,12 @@ def factorize_layers(
     if method in ("svd_llm", "asvd"):
         stats = activation_statistics(model, targets, calibration(), gram=method == "svd_llm", abs_mean=method == "asvd")
         if method == "svd_llm":
-            return {name: svd_llm_factorization(layer.weight, stats[name].gram) for name, layer in targets.items()}
+            factors = {name: svd_llm_factorization(layer.weight, stats[name].gram) for name, layer in targets.items()}
+            conditioned = {name: f.note for name, f in factors.items() if f.note != "cholesky"}
+            if conditioned:
+                log.warning("SVD-LLM: %d of %d Gram matrices needed conditioning: %s", len(conditioned), len(factors),
+                            "; ".join(f"{name}: {note}" for name, note in conditioned.items()))
+            return factors
         return {
             name: asvd_factorization(layer.weight, stats[name].abs_mean, asvd_alpha) for name, layer in targets.items()
         }

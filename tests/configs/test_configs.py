@@ -81,6 +81,8 @@ def test_ablations_compose_with_method(compose_config):
         ("method=bsi method.importance.eps_scale=0", "method.importance.eps_scale=0.0 is not allowed; ε must be > 0"),
         ("method=bsi method.importance.eps_scale=-1e-3", "method.importance.eps_scale=-0.001 is not allowed"),
         ("method=bsi method.importance.batches=0", "method.importance.batches=0 is not allowed"),
+        ("method.pre_finetune_epochs=-1", "method.pre_finetune_epochs=-1 is not allowed; it must be >= 0"),
+        ("method.pre_finetune_lr=0", "method.pre_finetune_lr=0.0 is not allowed; it must be > 0"),
         ("method.compression_ratio=0.5", "method.compression_ratio=0.5 is not allowed; it must be > 1"),
         ("method.compression_ratio=1", "method.compression_ratio=1.0 is not allowed; it must be > 1"),
         ("method.target_params=-5", "method.target_params=-5 is not allowed"),

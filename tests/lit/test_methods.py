@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from basel_app.config.schema import ConfigError
+from basel_app.methods import one_shot
+from basel_app.models import load_compressed
 from basel_app.pipeline import run
 
 from .test_pipeline import tiny_config
@@ -70,3 +73,47 @@ def test_an_unreachable_budget_fails_before_any_decomposition(compose_config, tm
     assert "\n" not in str(err.value)
     assert not calls
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_pre_finetuning_trains_the_input_model_before_truncation_and_resumes_from_its_boundary(
+    compose_config, tmp_path, monkeypatch
+):
+    """Stage 0: the one-shot method factors the fine-tuned weights, not the input ones; a crash after stage 0
+    resumes from its saved model without fine-tuning again, and ends where an uninterrupted run ends."""
+    overrides = ("method=svd", "method.compression_ratio=1.5", "method.pre_finetune_epochs=1",
+                 "method.pre_finetune_lr=1e-3", "method.post_finetune_epochs=0", "eval.enabled=false")
+    factored = []
+    original_factorize = one_shot.factorize_layers
+
+    def record(method, model, targets, *args, **kwargs):
+        factored.append({name: layer.weight.detach().clone() for name, layer in targets.items()})
+        return original_factorize(method, model, targets, *args, **kwargs)
+
+    monkeypatch.setattr("basel_app.pipeline.factorize_layers", record)
+    reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
+    assert "pre_finetune" in reference["wall_time_s"]
+    without = run(tiny_config(compose_config, tmp_path / "no_stage_0", *overrides[:-4], "method.post_finetune_epochs=0",
+                              "eval.enabled=false"))
+    assert "pre_finetune" not in without["wall_time_s"]
+    tuned, plain = factored
+    assert all(not torch.equal(tuned[name], plain[name]) for name in plain)  # the weights it truncated had trained
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash in stage 1")
+
+    monkeypatch.setattr("basel_app.pipeline.factorize_layers", crash)
+    out = tmp_path / "interrupted"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny_config(compose_config, out, *overrides))
+    assert (out / "checkpoints" / "pre_finetuned" / "config.json").exists()
+    assert not (out / "checkpoints" / "pre_finetune").exists()  # its checkpoints gave way to the saved model
+
+    monkeypatch.setattr("basel_app.pipeline.factorize_layers", original_factorize)
+    finetunes = []
+    monkeypatch.setattr("basel_app.pipeline.finetune", lambda *a, **k: finetunes.append(1))
+    resumed = run(tiny_config(compose_config, out, *overrides))
+    assert not finetunes  # stage 0 was not redone (and stage 2 is off)
+    assert resumed["ranks"] == reference["ranks"]
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    logits = [load_compressed(d / "compressed_model")[0](ids).logits for d in (tmp_path / "uninterrupted", out)]
+    torch.testing.assert_close(logits[0], logits[1])

@@ -10,6 +10,7 @@ from basel_app.lowrank.factorizations import (
     fwsvd_factorization,
     svd_factorization,
     svd_llm_factorization,
+    whitening_factor,
 )
 
 
@@ -72,11 +73,26 @@ def test_svd_llm_beats_svd_on_the_output_error_of_correlated_activations(weight,
     assert err_llm == pytest.approx(float(whitened.values[k:].norm()), rel=1e-8)
 
 
-def test_a_singular_gram_is_damped_and_a_bad_one_refused(weight, gen):
+def test_a_singular_gram_is_damped_an_indefinite_one_falls_back_to_eigh_and_a_bad_one_is_refused(weight, gen):
     x = torch.randn(24, 5, generator=gen, dtype=torch.float64)  # 5 tokens for 24 inputs: rank 5
-    f = svd_llm_factorization(weight, x @ x.T)
-    assert torch.isfinite(f.right).all()
+    damped = svd_llm_factorization(weight, x @ x.T)
+    assert damped.note.startswith("cholesky damped") and torch.isfinite(damped.right).all()
+    assert svd_llm_factorization(weight, x @ x.T + torch.eye(24, dtype=torch.float64)).note == "cholesky"
+    # A clearly indefinite "Gram" (what accumulated rounding can give on a big model): no damping up to 1e-2
+    # of the mean diagonal makes it positive definite, so the clamped eigendecomposition whitens instead.
+    q, _ = torch.linalg.qr(torch.randn(24, 24, generator=gen, dtype=torch.float64))
+    eigenvalues = torch.linspace(1.0, 2.0, 24, dtype=torch.float64)
+    eigenvalues[:3] = -0.5
+    indefinite = q @ torch.diag(eigenvalues) @ q.T
+    f = svd_llm_factorization(weight, indefinite)
+    assert f.note == "eigh, 3 of 24 eigenvalues clamped"
+    torch.testing.assert_close(truncation(f, 24), weight, rtol=0, atol=1e-9)  # still an exact factorisation
+    s, _ = whitening_factor(indefinite)
+    clamped = q @ torch.diag(eigenvalues.clamp(min=1e-2 * float(indefinite.diagonal().mean()))) @ q.T
+    torch.testing.assert_close(s @ s.T, clamped, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match=r"gram must be \(24, 24\)"):
         svd_llm_factorization(weight, torch.eye(23, dtype=torch.float64))
+    with pytest.raises(ValueError, match="non-finite entries"):
+        svd_llm_factorization(weight, torch.full((24, 24), float("nan"), dtype=torch.float64))
     with pytest.raises(ValueError, match="input_abs_mean must be a finite, non-negative vector"):
         asvd_factorization(weight, -torch.ones(24, dtype=torch.float64))
