@@ -82,6 +82,19 @@ class PhasePlan:
         return cls(steps_per_epoch, steps_per_epoch * method.keeping_epochs, prune_steps, every)
 
 
+@dataclass
+class RunContext:
+    """What every stage of one run shares: its config, data, tokenizer, logger, spectra record, clock, dir."""
+
+    cfg: RunConfig
+    tokenizer: Any
+    datamodule: TaskDataModule
+    logger: Logger
+    spectra: SpectraRecord
+    clock: PhaseClock
+    out: Path
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +127,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
     clock.split("eval_before")
 
+    ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out)
+
     # 3. Stage 0 (optional, any method): fine-tune the input model on the task; its result is a boundary too.
     checkpoints = out / "checkpoints"
     boundary = checkpoints / "recomposed"
@@ -123,28 +138,28 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             log.info("stage 0 already done: resuming from %s", pretuned)
             model, _ = load_compressed(pretuned)
         else:
-            finetune(model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
-                     checkpoints / "pre_finetune", cfg, datamodule, logger, out)
+            finetune(ctx, model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
+                     checkpoints / "pre_finetune")
             save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
             shutil.rmtree(checkpoints / "pre_finetune", ignore_errors=True)
         clock.split("pre_finetune")
 
     # 4. Stage 1: keep + prune + recompose (or a one-shot truncation), unless an earlier attempt finished it.
-    spectra = SpectraRecord()
     if boundary.is_dir():
         log.info("stage 1 already done: resuming from %s", boundary)
         model, _ = load_compressed(boundary)
-        spectra.stages = json.loads((out / "spectra.json").read_text())
+        ctx.spectra.stages = json.loads((out / "spectra.json").read_text())
         stage1 = read_metadata(boundary)
+    elif cfg.method.is_pruning:
+        model, stage1 = compress(ctx, model, plan, budget)
     else:
-        compress_stage = compress if cfg.method.is_pruning else compress_one_shot
-        model, stage1 = compress_stage(model, tokenizer, cfg, plan, budget, datamodule, logger, spectra, clock, out)
+        model, stage1 = compress_one_shot(ctx, model, budget)
     recomposed_ranks = stage1["recomposed_ranks"]
 
     # 5. Stage 2: post-fine-tune the compressed model.
     if cfg.method.post_finetune_epochs > 0:
-        finetune(model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
-                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune", cfg, datamodule, logger, out)
+        finetune(ctx, model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
+                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune")
         clock.split("post_finetune")
 
     # 6. Evaluate and write the results.
@@ -193,22 +208,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
 
 def finetune(
-    model: nn.Module,
-    select: Callable[[nn.Module], list[nn.Parameter]],
-    lr: float,
-    epochs: int,
+    ctx: RunContext, model: nn.Module, select: Callable[[nn.Module], list[nn.Parameter]], lr: float, epochs: int,
     stage_dir: Path,
-    cfg: RunConfig,
-    datamodule: TaskDataModule,
-    logger: Logger,
-    out: Path,
 ) -> None:
     """Plain task fine-tuning of the `select`ed parameters, in place, resumable from `stage_dir` (stages 0 and 2)."""
-    module = CompressionModule(model, select, lr, cfg.method.weight_decay)
-    trainer = build_trainer(cfg.trainer, max_epochs=epochs, logger=logger, callbacks=[], checkpoint_dir=stage_dir,
-                            root_dir=out)
+    module = CompressionModule(model, select, lr, ctx.cfg.method.weight_decay)
+    trainer = build_trainer(ctx.cfg.trainer, max_epochs=epochs, logger=ctx.logger, callbacks=[],
+                            checkpoint_dir=stage_dir, root_dir=ctx.out)
     model.train()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+    trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
 
 
 def model_budget(cfg: RunConfig, model: nn.Module, original_params: int) -> SizeBudget:
@@ -224,75 +232,53 @@ def model_budget(cfg: RunConfig, model: nn.Module, original_params: int) -> Size
         raise ConfigError(str(err)) from err
 
 
-def save_boundary(model: nn.Module, tokenizer: Any, out: Path, spectra: SpectraRecord, stage1: dict[str, Any]) -> None:
+def save_boundary(ctx: RunContext, model: nn.Module, stage1: dict[str, Any]) -> None:
     """Stage 1's result, complete or absent: the compressed model with `stage1` (ranks, importance) as
     metadata, and the spectra so far."""
-    atomic_write_json(out / "spectra.json", spectra.stages)
-    save_compressed(model, tokenizer, out / "checkpoints" / "recomposed", metadata=stage1, overwrite=True)
+    atomic_write_json(ctx.out / "spectra.json", ctx.spectra.stages)
+    save_compressed(model, ctx.tokenizer, ctx.out / "checkpoints" / "recomposed", metadata=stage1, overwrite=True)
 
 
-def compress_one_shot(
-    model: nn.Module,
-    tokenizer: Any,
-    cfg: RunConfig,
-    plan: PhasePlan | None,
-    budget: SizeBudget,
-    datamodule: TaskDataModule,
-    logger: Logger,
-    spectra: SpectraRecord,
-    clock: PhaseClock,
-    out: Path,
-) -> tuple[nn.Module, dict[str, Any]]:
+def compress_one_shot(ctx: RunContext, model: nn.Module, budget: SizeBudget) -> tuple[nn.Module, dict[str, Any]]:
     """Stage 1 of a one-shot baseline: statistics on training batches, the method's factorisation of
     every targeted layer, truncation to the budget; saved as the stage boundary."""
-    method = cfg.method
+    cfg, method = ctx.cfg, ctx.cfg.method
     names = find_target_linears(model, cfg.model.target_modules, cfg.model.exclude_modules, cfg.model.include_tied_head)
     targets = {name: model.get_submodule(name) for name in names}
     device = next(model.parameters()).device
 
     def calibration() -> list[dict[str, Any]]:
-        batches = datamodule.calibration_batches(method.calibration_batches, seed=cfg.seed)
+        batches = ctx.datamodule.calibration_batches(method.calibration_batches, seed=cfg.seed)
         return [{key: value.to(device) for key, value in batch.items()} for batch in batches]
 
     factorizations = factorize_layers(method.name, model, targets, calibration, lambda m, b: m(**b).loss,
                                       method.asvd_alpha)
-    spectra.add("decomposition", {name: f.values for name, f in factorizations.items()}, logger)
-    clock.split("decompose")
+    ctx.spectra.add("decomposition", {name: f.values for name, f in factorizations.items()}, ctx.logger)
+    ctx.clock.split("decompose")
     ranks = truncate_layers(model, targets, factorizations, budget)
-    clock.split("truncate")
+    ctx.clock.split("truncate")
     stage1 = {"recomposed_ranks": ranks,
               "conditioning": {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}}
-    save_boundary(model, tokenizer, out, spectra, stage1)
+    save_boundary(ctx, model, stage1)
     return model, stage1
 
 
-def compress(
-    model: nn.Module,
-    tokenizer: Any,
-    cfg: RunConfig,
-    plan: PhasePlan,
-    budget: SizeBudget,
-    datamodule: TaskDataModule,
-    logger: Logger,
-    spectra: SpectraRecord,
-    clock: PhaseClock,
-    out: Path,
-) -> tuple[nn.Module, dict[str, Any]]:
+def compress(ctx: RunContext, model: nn.Module, plan: PhasePlan, budget: SizeBudget) -> tuple[nn.Module, dict[str, Any]]:
     """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22): returns the recomposed model and what stage 1
     found (each layer's rank, BSI's importance records), and saves both as the stage boundary."""
+    cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
     reparameterize(
         model,
         cfg.model.target_modules,
         exclude_modules=cfg.model.exclude_modules,
-        additional_dim=cfg.method.additional_dim,
-        free_bases=cfg.method.free_bases,
+        additional_dim=method.additional_dim,
+        free_bases=method.free_bases,
         include_tied_head=cfg.model.include_tied_head,
         seed=cfg.seed,
     )
-    clock.split("decompose")
-    stage_dir = out / "checkpoints" / "compress"
+    ctx.clock.split("decompose")
+    stage_dir = ctx.out / "checkpoints" / "compress"
 
-    method = cfg.method
     stage1: dict[str, Any] = {}
     if method.scorer == "taylor":
         scorer = BSIImportance(method.importance.batches, method.importance.probes, method.importance.eps_scale,
@@ -304,24 +290,24 @@ def compress(
         stage1["recomposed_ranks"] = ranks
         if isinstance(scorer, BSIImportance):
             stage1["importance"] = scorer.records
-        save_boundary(recomposed, tokenizer, out, spectra, stage1)
+        save_boundary(ctx, recomposed, stage1)
 
     module = CompressionModule(model, reparameterized_parameters, method.lr, method.weight_decay)
     callbacks = [
         spectra,
-        KeepPhase(method.keeping_epochs, spectra, clock),
+        KeepPhase(method.keeping_epochs, spectra, ctx.clock),
         PruneScheduler(budget, scorer, method.pruning_times, plan.prune_start_step, plan.prune_steps, plan.every,
                        start_weights=full_rank_weights(model)),
-        Recompose(spectra, clock, on_recomposed),
+        Recompose(spectra, ctx.clock, on_recomposed),
     ]
     if isinstance(scorer, BSIImportance):
         callbacks.append(scorer)  # a callback too, so its records are checkpointed
     trainer = build_trainer(
-        cfg.trainer, max_epochs=cfg.method.keeping_epochs + cfg.method.pruning_epochs, logger=logger,
-        callbacks=callbacks, checkpoint_dir=stage_dir, root_dir=out,
+        cfg.trainer, max_epochs=method.keeping_epochs + method.pruning_epochs, logger=ctx.logger,
+        callbacks=callbacks, checkpoint_dir=stage_dir, root_dir=ctx.out,
     )
     model.train()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+    trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
     shutil.rmtree(stage_dir, ignore_errors=True)  # the boundary artifact supersedes stage-1 checkpoints
     return module.model, stage1
 

@@ -17,7 +17,6 @@ from basel_app.evaluation.generation import (
     left_pad,
     truncate_at_stop_strings,
 )
-from basel_app.models import byte_tokenizer
 
 from ..tiny_llama import tiny_llama_config
 
@@ -32,11 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return byte_tokenizer()
 
 
 @pytest.fixture(scope="module")

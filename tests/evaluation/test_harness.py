@@ -20,7 +20,7 @@ from transformers import LlamaForCausalLM
 
 from basel_app.evaluation.harness import evaluate_with_harness, harness_model
 from basel_app.lowrank import lowrank_layers, recompose_model, reparameterize
-from basel_app.models import byte_tokenizer, load_compressed, save_compressed
+from basel_app.models import load_compressed, save_compressed
 from basel_app.models.compressed_io import lowrank_ranks
 from tests.lowrank.helpers import perturb_as_if_trained
 from tests.tiny_llama import tiny_llama_config
@@ -35,11 +35,6 @@ ITEMS = [
     {"question": "first letter", "choices": ["b", "z", "a"], "label": 2},
 ]
 ABS_TOL = 1e-4  # the harness takes the log-softmax in float32, the reference in float64
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return byte_tokenizer()
 
 
 @pytest.fixture(scope="module")
