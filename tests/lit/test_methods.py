@@ -4,6 +4,8 @@ record says what produced it, and an impossible budget fails before any work."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -117,3 +119,19 @@ def test_pre_finetuning_trains_the_input_model_before_truncation_and_resumes_fro
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
     logits = [load_compressed(d / "compressed_model")[0](ids).logits for d in (tmp_path / "uninterrupted", out)]
     torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_a_multirun_over_methods_lands_in_one_sweep_dir(tmp_path):
+    """`-m method=svd,asvd`: both jobs and the sweep's own record under one dir, one subdir per job."""
+    result = subprocess.run(
+        [sys.executable, "-m", "basel_app", "-m", "method=svd,asvd", "model=tiny_random", "logger=csv",
+         "task.max_train_samples=8", "task.max_eval_samples=4", "method.compression_ratio=1.1",
+         "method.post_finetune_epochs=0", "eval.enabled=false", "trainer.enable_progress_bar=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "multirun").iterdir())
+    assert len(sweeps) == 1
+    assert (sweeps[0] / "multirun.yaml").exists()
+    methods = {json.loads(m.read_text())["method"]: m.parent.name for m in sweeps[0].glob("*/metrics.json")}
+    assert methods == {"svd": "0_svd", "asvd": "1_asvd"}

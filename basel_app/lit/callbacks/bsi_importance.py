@@ -8,8 +8,8 @@ perturbation and the gradient difference are float32.
 
 Perturbation sizes are per layer: ε_l = `eps_scale` × the RMS of the layer's kept s̃. The default
 (1e-3, in `conf/method/bsi.yaml`) is where the finite-difference H d agreed best with the exact double
-backward on SmolLM2 in float32, to 4e-4 relative (`benchmarks/bsi_epsilon.py`, `docs/BENCHMARKS.md`):
-at 1e-4 float32 rounding of the gradient difference makes it 4e-3, at 1e-2 the O(ε²) term makes it 1e-2.
+backward on SmolLM2 in float32, to 3-5e-4 relative (`benchmarks/bsi_epsilon.py`, `docs/BENCHMARKS.md`):
+at 1e-4 float32 rounding of the gradient difference makes it 3-4e-3, at 1e-2 the O(ε²) term 1-3e-2.
 """
 
 from __future__ import annotations
