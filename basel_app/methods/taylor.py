@@ -83,6 +83,7 @@ class TaylorStatistics:
     hessian_diag: list[torch.Tensor]
     hessian_stderr: list[torch.Tensor]
     samples: int  # probes × batches behind each diagonal entry
+    grad_stderr: list[torch.Tensor]  # of the mean gradient, from its batch-to-batch spread (inf for one batch)
 
 
 def estimate_taylor_statistics(
@@ -99,6 +100,7 @@ def estimate_taylor_statistics(
     `eps` holds the per-coordinate perturbation sizes ε (same shapes as `params`, all > 0). The standard
     error is the sample standard deviation of the probes' estimates z ⊙ H z / ε over √(probes × batches):
     it covers both the probing noise (Σ_{j≠i} H_ij² ε_j²/ε_i² per probe) and the batch-to-batch spread.
+    The gradient's standard error is the spread of the per-batch gradients over √batches.
     """
     if probes < 1:
         raise ValueError(f"probes={probes} is not allowed; Hutchinson needs at least 1 probe")
@@ -109,13 +111,15 @@ def estimate_taylor_statistics(
     product = hvp_finite_difference if hvp == "finite_difference" else hvp_double_backward
     wide = [torch.float64] * len(params)
     grad_sum = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
+    grad_sq = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
     diag_sum = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
     diag_sq = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
     n_batches = samples = 0
     for batch in batches:
         n_batches += 1
-        for total, g in zip(grad_sum, gradient(loss_fn, params, batch)):
+        for total, sq, g in zip(grad_sum, grad_sq, gradient(loss_fn, params, batch)):
             total += g
+            sq += g.double() * g.double()
         for _ in range(probes):
             z = [torch.randint(0, 2, p.shape, generator=generator, device="cpu").to(p) * 2 - 1 for p in params]
             direction = [e * zi for e, zi in zip(eps, z)]
@@ -127,13 +131,33 @@ def estimate_taylor_statistics(
             samples += 1
     if not n_batches:
         raise ValueError("no batches to estimate the Taylor statistics on")
+    mean_grad = [g / n_batches for g in grad_sum]
     mean = [s / samples for s in diag_sum]
-    if samples > 1:
-        var = [(sq - samples * mu * mu).clamp(min=0) / (samples - 1) for sq, mu in zip(diag_sq, mean)]
-        stderr = [(v / samples).sqrt() for v in var]
-    else:  # one sample gives no spread to measure
-        stderr = [torch.full_like(mu, float("inf")) for mu in mean]
-    return TaylorStatistics([g / n_batches for g in grad_sum], mean, stderr, samples)
+    return TaylorStatistics(mean_grad, mean, _stderr(diag_sq, mean, samples), samples,
+                            _stderr(grad_sq, mean_grad, n_batches))
+
+
+def _stderr(sums_of_squares: list[torch.Tensor], means: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """Standard error of each mean from its `count` samples (inf for one sample: no spread to measure)."""
+    if count < 2:
+        return [torch.full_like(mu, float("inf")) for mu in means]
+    return [((sq - count * mu * mu).clamp(min=0) / (count - 1) / count).sqrt() for sq, mu in zip(sums_of_squares, means)]
+
+
+def taylor_score_stderr(
+    values: torch.Tensor, grad_stderr: torch.Tensor, hessian_stderr: torch.Tensor, variant: str = "both"
+) -> torch.Tensor:
+    """Standard error of `taylor_scores` from those of g and diag(H), taken as independent:
+    both: √((s̃ se_g)² + (½ s̃² se_H)²);  first: |s̃| se_g;  second: ½ s̃² se_H."""
+    s = values.detach().double().abs()
+    first, second = s * grad_stderr.double(), 0.5 * s * s * hessian_stderr.double()
+    if variant == "both":
+        return torch.sqrt(first * first + second * second)
+    if variant == "first":
+        return first
+    if variant == "second":
+        return second
+    raise ValueError(f"variant={variant!r} is not allowed; choose one of: {', '.join(SCORE_VARIANTS)}")
 
 
 def taylor_scores(

@@ -15,6 +15,7 @@ from basel_app.methods.taylor import (
     estimate_taylor_statistics,
     hvp_double_backward,
     hvp_finite_difference,
+    taylor_score_stderr,
     taylor_scores,
 )
 
@@ -153,6 +154,30 @@ def test_taylor_score_sign_and_ranking_on_a_quadratic_loss_with_a_known_answer()
     torch.testing.assert_close(first, (stats.grad[0] * s.detach()).abs().double())
 
 
+def test_the_gradient_and_score_standard_errors_are_the_batch_to_batch_spread():
+    # L_b(s) = ½‖s − t_b‖² with a different target per batch: g_b = s − t_b and H = I exactly, so the mean
+    # gradient's standard error is std_b(t_b) / √M and the Hessian estimate has no error at all.
+    s = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[1.0, 0.0, 2.0], [2.0, -1.0, 0.0], [0.5, 1.0, 1.0], [1.5, 0.0, -1.0]], dtype=torch.float64)
+
+    def loss_fn(t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (s - t).square().sum()
+
+    stats = estimate_taylor_statistics(loss_fn, [s], list(targets), probes=3, eps=[torch.full_like(s, 1e-3)],
+                                       generator=torch.Generator().manual_seed(0))
+    per_batch = s.detach() - targets
+    torch.testing.assert_close(stats.grad[0], per_batch.mean(0))
+    torch.testing.assert_close(stats.grad_stderr[0], per_batch.std(0) / 2.0)  # √M = 2
+    torch.testing.assert_close(stats.hessian_diag[0], torch.ones(3, dtype=torch.float64))
+    assert float(stats.hessian_stderr[0].max()) < 1e-8
+    se = taylor_score_stderr(s, stats.grad_stderr[0], stats.hessian_stderr[0], "both")
+    torch.testing.assert_close(se, s.detach().abs() * stats.grad_stderr[0], rtol=1e-6, atol=1e-8)
+    second = taylor_score_stderr(s, stats.grad_stderr[0], torch.full((3,), 0.1, dtype=torch.float64), "second")
+    torch.testing.assert_close(second, 0.05 * s.detach().square())
+    one = estimate_taylor_statistics(loss_fn, [s], [targets[0]], probes=2, eps=[torch.full_like(s, 1e-3)])
+    assert bool(torch.isinf(one.grad_stderr[0]).all())  # one batch: no spread to measure
+
+
 def test_bad_estimator_settings_are_refused():
     p = torch.ones(3, requires_grad=True)
 
@@ -170,3 +195,5 @@ def test_bad_estimator_settings_are_refused():
         hvp_finite_difference(lambda _: (half.float() ** 2).sum(), [half], [torch.ones(3, dtype=torch.bfloat16)], None)
     with pytest.raises(ValueError, match="variant='third' is not allowed"):
         taylor_scores(torch.ones(2), torch.ones(2), torch.ones(2), "third")
+    with pytest.raises(ValueError, match="variant='third' is not allowed"):
+        taylor_score_stderr(torch.ones(2), torch.ones(2), torch.ones(2), "third")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any
 
 import lightning as L
@@ -24,9 +25,14 @@ from lightning.pytorch import Callback
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from basel_app.lowrank import lowrank_layers
-from basel_app.methods.taylor import estimate_taylor_statistics, taylor_scores
+from basel_app.methods.taylor import estimate_taylor_statistics, taylor_score_stderr, taylor_scores
 
 log = logging.getLogger(__name__)
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: one batch and one probe give no standard error, recorded as null."""
+    return value if math.isfinite(value) else None
 
 
 class BSIImportance(Callback):
@@ -72,25 +78,38 @@ class BSIImportance(Callback):
         finally:
             model.train(was_training)
         scores = {}
-        kept_h, kept_se, kept_score_se = [], [], []
-        for (name, layer), g, h, se in zip(layers.items(), stats.grad, stats.hessian_diag, stats.hessian_stderr):
+        kept_h, kept_se, kept_score, kept_score_se = [], [], [], []
+        for (name, layer), g, h, se, se_g in zip(layers.items(), stats.grad, stats.hessian_diag, stats.hessian_stderr,
+                                                 stats.grad_stderr):
             scores[name] = taylor_scores(layer.singular_values, g, h, self.variant)
             mask = layer.keep_mask
-            s2 = layer.singular_values.detach().double()[mask].square()
             kept_h.append(h[mask])
             kept_se.append(se[mask])
-            kept_score_se.append(0.5 * s2 * se[mask])
-        h_all, se_all, score_se = torch.cat(kept_h), torch.cat(kept_se), torch.cat(kept_score_se)
+            kept_score.append(scores[name][mask])
+            kept_score_se.append(taylor_score_stderr(layer.singular_values, se_g, se, self.variant)[mask])
+        h_all, se_all = torch.cat(kept_h), torch.cat(kept_se)
+        score, score_se = torch.cat(kept_score), torch.cat(kept_score_se)
+        # |ΔL| / its standard error, per basis: below ~1 the ranking is mostly estimation noise. One batch
+        # (or one probe) leaves a term's spread unmeasured: then there is no ratio to report.
+        snr = float((score.abs() / score_se.clamp(min=1e-30)).median()) if bool(torch.isfinite(score_se).all()) else None
         record = {
             "event": event,
             "samples": stats.samples,
             "hessian_diag_mean": float(h_all.mean()),
-            "hessian_stderr_mean": float(se_all.mean()),
-            "hessian_relative_stderr_median": float((se_all / h_all.abs().clamp(min=1e-30)).median()),
-            "score_stderr_mean": float(score_se.mean()),
+            "hessian_stderr_mean": _finite_or_none(float(se_all.mean())),
+            "hessian_relative_stderr_median": _finite_or_none(float((se_all / h_all.abs().clamp(min=1e-30)).median())),
+            "score_stderr_mean": _finite_or_none(float(score_se.mean())),
+            "score_signal_to_noise_median": snr,
         }
+        if snr is not None and snr < 1:
+            log.warning(
+                "BSI event %d: the median basis score is %.2f standard errors from zero, so the ranking is mostly "
+                "estimation noise; raise method.importance.batches (M=%d) and/or method.importance.probes (K=%d)",
+                event, snr, self.batches, self.probes,
+            )
         self.records.append(record)
-        pl_module.log_dict({f"bsi/{k}": float(v) for k, v in record.items() if k != "event"}, on_step=True)
+        pl_module.log_dict({f"bsi/{k}": float(v) for k, v in record.items() if k != "event" and v is not None},
+                           on_step=True)
         log.info("BSI importance for event %d: %s", event, record)
         return scores
 
