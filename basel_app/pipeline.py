@@ -219,12 +219,17 @@ def finetune(
     trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
 
 
+def target_linears(cfg: RunConfig, model: nn.Module) -> dict[str, nn.Linear]:
+    """{name: layer} of the layers the model config targets (a targeted tied head is untied here)."""
+    names = find_target_linears(model, cfg.model.target_modules, cfg.model.exclude_modules, cfg.model.include_tied_head)
+    return {name: model.get_submodule(name) for name in names}
+
+
 def model_budget(cfg: RunConfig, model: nn.Module, original_params: int) -> SizeBudget:
     """The size budget checked against the loaded model, before any decomposition (a ConfigError if no
     allocation can meet it). Choosing the targets unties a targeted tied head, as compression will."""
     method = cfg.method
-    names = find_target_linears(model, cfg.model.target_modules, cfg.model.exclude_modules, cfg.model.include_tied_head)
-    targets = {name: model.get_submodule(name) for name in names}
+    targets = target_linears(cfg, model)
     extra = method.additional_dim if method.is_pruning else 0
     try:
         return resolve_budget(method, original_params, fixed_parameters(model, targets), targets, extra)
@@ -243,8 +248,7 @@ def compress_one_shot(ctx: RunContext, model: nn.Module, budget: SizeBudget) -> 
     """Stage 1 of a one-shot baseline: statistics on training batches, the method's factorisation of
     every targeted layer, truncation to the budget; saved as the stage boundary."""
     cfg, method = ctx.cfg, ctx.cfg.method
-    names = find_target_linears(model, cfg.model.target_modules, cfg.model.exclude_modules, cfg.model.include_tied_head)
-    targets = {name: model.get_submodule(name) for name in names}
+    targets = target_linears(cfg, model)
     device = next(model.parameters()).device
 
     def calibration() -> list[dict[str, Any]]:
