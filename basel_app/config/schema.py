@@ -13,9 +13,24 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from basel_app.lowrank.allocation import ALLOCATIONS
-from basel_app.methods.one_shot import ONE_SHOT_METHODS
-from basel_app.methods.taylor import HVP_MODES, SCORE_VARIANTS
+from basel_app.config.names import (
+    ABLATION_METHODS,
+    ALLOCATIONS,
+    BENCHMARK_NAMES,
+    CROSS_LAYER_METHODS,
+    DTYPES,
+    HVP_MODES,
+    LLAMA_LINEARS,
+    LOGGERS,
+    METHODS,
+    MODEL_SOURCES,
+    POST_FINETUNE_PARAMS,
+    PRUNING_METHODS,
+    SCORE_VARIANTS,
+    TASK_SOURCES,
+    TASK_NAMES,
+    WANDB_MODES,
+)
 
 
 class ConfigError(ValueError):
@@ -31,23 +46,6 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
-PRUNING_METHODS = ("basel", "bsi")  # Algorithm 1: relearn, prune progressively, recompose
-METHODS = PRUNING_METHODS + ONE_SHOT_METHODS  # one-shot: factor, truncate once
-SCORERS = {"basel": "magnitude", "bsi": "taylor"}  # the one thing Basel and BSI differ in
-# Which ablation presets (conf/ablation/) change something for which methods.
-ABLATION_METHODS = {
-    "additional_dim": PRUNING_METHODS,
-    "pruning_times": PRUNING_METHODS,
-    "free_bases": PRUNING_METHODS,
-    "score": ("bsi",),
-}
-MODEL_SOURCES = ("gguf", "hub", "random")
-DTYPES = ("float32", "bfloat16", "float16")
-LOGGERS = ("wandb", "csv")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
-POST_FINETUNE_PARAMS = ("all", "lowrank")
-# Every linear layer of a Llama decoder plus the output head (METHODS.md, "Which layers").
-LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 
 
 @dataclass
@@ -95,6 +93,7 @@ class TaskConfig:
     data_dir: str | None = None  # a directory with <split>.jsonl; None: the copy shipped in the package
     hub_id: str | None = None  # used only when data_dir is None and source=hub
     hub_config: str | None = None
+    revision: str | None = None  # hub dataset revision; recorded in the data's description
     source: str = "packaged"  # packaged | local | hub
     train_split: str = "train"
     eval_split: str = "test"
@@ -107,10 +106,8 @@ class TaskConfig:
     eval_batch_size: int = 4
 
     def __post_init__(self) -> None:
-        from basel_app.tasks import TASKS
-
-        _one_of("task.name", self.name, tuple(TASKS))
-        _one_of("task.source", self.source, ("packaged", "local", "hub"))
+        _one_of("task.name", self.name, TASK_NAMES)
+        _one_of("task.source", self.source, TASK_SOURCES)
         if self.data_dir is not None:
             _require(
                 os.path.isdir(self.data_dir),
@@ -154,7 +151,6 @@ class MethodConfig:
     compression_ratio: float | None = None  # original / compressed parameters (whole model), > 1
     target_params: int | None = None  # or the compressed model's parameter count
     allocation: str = "per_layer"  # per_layer | global (BSI with a parameter budget: ranks differ by layer)
-    scorer: str | None = "magnitude"  # pruning criterion: magnitude (basel) | taylor (bsi); null for one-shot
     score: str = "both"  # taylor variant: both (BSI) | first | second (ablation)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     calibration_batches: int = 8  # one-shot: training batches for Fisher / activation statistics
@@ -201,21 +197,12 @@ class MethodConfig:
         _one_of("method.allocation", self.allocation, ALLOCATIONS)
         if self.allocation == "global":
             _require(
-                self.scorer == "taylor" and (self.compression_ratio or self.target_params) is not None,
-                f"method.allocation=global is not allowed for method={self.name} with "
-                f"{'a keep_ratio budget' if self.scorer == 'taylor' else f'scorer={self.scorer}'}: it ranks bases "
-                "across layers, which needs comparable scores (method=bsi) and a parameter budget "
-                "(method.compression_ratio or method.target_params)",
+                self.name in CROSS_LAYER_METHODS and (self.compression_ratio or self.target_params) is not None,
+                f"method.allocation=global is not allowed for method={self.name}"
+                f"{' with a keep_ratio budget' if self.name in CROSS_LAYER_METHODS else ''}: it ranks bases "
+                f"across layers, which needs comparable scores (method={' or '.join(CROSS_LAYER_METHODS)}) and a "
+                "parameter budget (method.compression_ratio or method.target_params)",
             )
-        if self.is_pruning:
-            _require(
-                self.scorer == SCORERS[self.name],
-                f"method.scorer={self.scorer!r} is not allowed for method={self.name}; it uses "
-                f"{SCORERS[self.name]!r} ({', '.join(f'{m}: {s}' for m, s in SCORERS.items())})",
-            )
-        else:
-            _require(self.scorer is None, f"method.scorer={self.scorer!r} is not allowed for the one-shot "
-                     f"method={self.name}; leave it null")
         _one_of("method.score", self.score, SCORE_VARIANTS)
         _require(self.pruning_times >= 1, f"method.pruning_times={self.pruning_times} is not allowed; it must be >= 1")
         for key in ("keeping_epochs", "pre_finetune_epochs", "post_finetune_epochs", "additional_dim"):
@@ -285,10 +272,8 @@ class EvalConfig:
     code_timeout_s: float = 10.0  # wall-clock limit of one generated program in the sandbox
 
     def __post_init__(self) -> None:
-        from basel_app.evaluation.benchmarks import BENCHMARKS
-
         for name in self.benchmarks or []:
-            _one_of("eval.benchmarks", name, tuple(BENCHMARKS))
+            _one_of("eval.benchmarks", name, BENCHMARK_NAMES)
         _require(self.limit is None or self.limit >= 1, f"eval.limit={self.limit} is not allowed; use null (all) or >= 1")
         for key in ("batch_size", "max_new_tokens", "context_length", "stride"):
             _require(getattr(self, key) >= 1, f"eval.{key}={getattr(self, key)} is not allowed; it must be >= 1")

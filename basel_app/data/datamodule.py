@@ -32,9 +32,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from basel_app.config.schema import TaskConfig
 from basel_app.data.sampler import ResumableBatchSampler
 from basel_app.tasks.encoding import IGNORE_INDEX, MIN_RESPONSE_TOKENS
 from basel_app.tasks.records import Record
+from basel_app.tasks.registry import build_task
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -125,9 +127,8 @@ class TaskDataModule(L.LightningDataModule):
         self._pending_resume: dict[str, int] | None = None
 
     @classmethod
-    def from_config(cls, task_cfg: Any, seed: int, num_workers: int = 0) -> TaskDataModule:
-        """Build the task named by ``task_cfg.name`` and its datamodule from a ``TaskConfig``."""
-        from basel_app.tasks.registry import build_task
+    def from_config(cls, task_cfg: TaskConfig, seed: int, num_workers: int = 0) -> TaskDataModule:
+        """Build the task named by ``task_cfg.name`` and its datamodule."""
 
         return cls(
             build_task(task_cfg),

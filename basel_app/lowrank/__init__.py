@@ -18,7 +18,6 @@ from basel_app.lowrank.inject import (
     set_submodule,
 )
 from basel_app.lowrank.allocation import (
-    ALLOCATIONS,
     BudgetError,
     LayerBases,
     keep_within,
@@ -33,7 +32,6 @@ from basel_app.lowrank.reparam import BaselLinear, cheaper_path, decomposition_d
 from basel_app.lowrank.thin import LowRankLinear
 
 __all__ = [
-    "ALLOCATIONS",
     "BaselLinear",
     "BudgetError",
     "LayerBases",

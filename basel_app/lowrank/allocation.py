@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-ALLOCATIONS = ("per_layer", "global")
+from basel_app.config.names import ALLOCATIONS
 
 
 class BudgetError(ValueError):

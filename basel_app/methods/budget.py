@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from basel_app.config.schema import ConfigError, MethodConfig
 from basel_app.lowrank import (
     LayerBases,
     keep_within,
@@ -93,10 +94,10 @@ def fixed_parameters(model: nn.Module, targets: dict[str, nn.Linear]) -> int:
     return sum(unique.values())
 
 
-def resolve_budget(method: Any, original_params: int, fixed_params: int, targets: dict[str, nn.Linear],
+def resolve_budget(method: MethodConfig, original_params: int, fixed_params: int, targets: dict[str, nn.Linear],
                    extra: int) -> SizeBudget:
     """The run's budget from `method` (keep_ratio / compression_ratio / target_params, allocation), checked
-    against the model: raises ValueError naming the value when no allocation can reach it. `extra` is the
+    against the model: raises ConfigError naming the value when no allocation can reach it. `extra` is the
     number of new bases every layer keeps (r̃; 0 for the one-shot methods)."""
     original, fixed = original_params, fixed_params
     if method.compression_ratio is not None:
@@ -108,7 +109,7 @@ def resolve_budget(method: Any, original_params: int, fixed_params: int, targets
     else:
         return SizeBudget(method.keep_ratio, None, fixed, original, method.allocation)
     if target >= original:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={value} asks for {target:,} parameters, not fewer than the model's {original:,}; "
             "give a target below the model's size (compression_ratio > 1)"
         )
@@ -116,7 +117,7 @@ def resolve_budget(method: Any, original_params: int, fixed_params: int, targets
         int(layer_weight_params(layer.out_features, layer.in_features, 1 + extra)) for layer in targets.values()
     )
     if target < smallest:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={value} asks for {target:,} parameters, but the smallest model this method can make has "
             f"{smallest:,} (one basis plus additional_dim={extra} per targeted layer, and {fixed:,} parameters "
             f"outside the targeted layers): at most compression_ratio={original / smallest:.3f}; target more "

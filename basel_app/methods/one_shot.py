@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from basel_app.config.names import ONE_SHOT_METHODS
 from basel_app.lowrank import LayerBases, LowRankLinear, break_even_rank, set_submodule
 from basel_app.lowrank.factorizations import (
     Factorization,
@@ -26,8 +27,6 @@ from basel_app.methods.budget import SizeBudget
 from basel_app.methods.calibration import activation_statistics, row_fisher
 
 log = logging.getLogger(__name__)
-
-ONE_SHOT_METHODS = ("svd", "fwsvd", "svd_llm", "asvd")
 
 Batches = Callable[[], Iterable[dict[str, torch.Tensor]]]
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-HVP_MODES = ("finite_difference", "double_backward")
-SCORE_VARIANTS = ("both", "first", "second")
+from basel_app.config.names import HVP_MODES, SCORE_VARIANTS
 
 LossFn = Callable[[object], torch.Tensor]
 

@@ -1,8 +1,5 @@
 """Target applications: reading and validating records, and turning them into (prompt, response)
 token sequences with the loss only on the response.
-
-This package itself imports no torch, transformers or datasets at module level (they are imported
-where they are used), so the config layer can import :data:`TASKS` to validate ``task.name`` cheaply.
 """
 
 from basel_app.tasks.base import Task

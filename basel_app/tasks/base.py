@@ -1,7 +1,6 @@
 """The task interface: where a task's records come from and how one becomes a training example.
 
-A task is built from a config object (``basel_app.config.schema.TaskConfig`` or anything with the same
-attributes). It reads its training split and its evaluation split separately — the two are never mixed,
+A task is built from a ``basel_app.config.schema.TaskConfig``. It reads its training split and its evaluation split separately — the two are never mixed,
 and a config that names the same split for both is refused — and turns each record into
 ``(prompt_text, response_text)``; :mod:`basel_app.tasks.encoding` turns that into token ids.
 
@@ -16,8 +15,9 @@ Where records come from (``Task.source``):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from basel_app.config.schema import ConfigError, TaskConfig
 from basel_app.tasks.encoding import PLAIN_TEMPLATE, encode_example, prompt_ids
 from basel_app.tasks.records import (
     FieldSpec,
@@ -30,8 +30,6 @@ from basel_app.tasks.records import (
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-SOURCES = ("packaged", "local", "hub")
-
 
 class Task(ABC):
     """One target application. Subclasses set the class attributes and implement :meth:`to_example`."""
@@ -41,35 +39,30 @@ class Task(ABC):
     resource_dir: ClassVar[str | None] = None  # folder under basel_app/resources/ with the packaged copy
     plain_template: ClassVar[str] = PLAIN_TEMPLATE  # prompt format for tokenizers without a chat template
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
         self.train_split: str = cfg.train_split
         self.eval_split: str = cfg.eval_split
-        self.system_prompt: str | None = getattr(cfg, "system_prompt", None)
+        self.system_prompt: str | None = cfg.system_prompt
         self.source = self._resolve_source(cfg)
         if self.train_split == self.eval_split:
             # Same file for both: the model would be trained on its own test set.
-            raise ValueError(
+            raise ConfigError(
                 f"task.train_split and task.eval_split are both {self.train_split!r}; training on the "
                 "evaluation split would inflate every score. Name two different splits."
             )
 
-    def _resolve_source(self, cfg: Any) -> str:
-        data_dir = getattr(cfg, "data_dir", None)
-        hub_id = getattr(cfg, "hub_id", None)
-        source = getattr(cfg, "source", None) or ("hub" if hub_id else "packaged")
-        if source not in SOURCES:
-            raise ValueError(f"task.source={source!r} is not allowed; choose one of: {', '.join(SOURCES)}")
-        if data_dir is not None:
+    def _resolve_source(self, cfg: TaskConfig) -> str:
+        if cfg.data_dir is not None:
             return "local"
-        if source == "local":
-            raise ValueError("task.source=local needs task.data_dir=/dir/with/<split>.jsonl")
-        if source == "hub":
-            if not hub_id:
-                raise ValueError(f"task.source=hub needs task.hub_id=<dataset id> for task {self.name!r}")
+        if cfg.source == "local":
+            raise ConfigError("task.source=local needs task.data_dir=/dir/with/<split>.jsonl")
+        if cfg.source == "hub":
+            if not cfg.hub_id:
+                raise ConfigError(f"task.source=hub needs task.hub_id=<dataset id> for task {self.name!r}")
             return "hub"
         if self.resource_dir is None:
-            raise ValueError(
+            raise ConfigError(
                 f"task {self.name!r} ships no data; set task.data_dir=/dir/with/<split>.jsonl or "
                 "task.source=hub with task.hub_id"
             )
@@ -80,7 +73,7 @@ class Task(ABC):
         if self.source == "local":
             return f"local:{self.cfg.data_dir}"
         if self.source == "hub":
-            return f"hub:{self.cfg.hub_id}/{getattr(self.cfg, 'hub_config', None)}@{getattr(self.cfg, 'revision', None)}"
+            return f"hub:{self.cfg.hub_id}/{self.cfg.hub_config}@{self.cfg.revision}"
         return f"packaged:basel_app/resources/{self.resource_dir}"
 
     def read_split(self, split: str) -> list[Record]:
@@ -90,10 +83,10 @@ class Task(ABC):
         if self.source == "hub":
             return read_hub_split(
                 self.cfg.hub_id,
-                getattr(self.cfg, "hub_config", None),
+                self.cfg.hub_config,
                 split,
                 self.fields,
-                revision=getattr(self.cfg, "revision", None),
+                revision=self.cfg.revision,
                 local_splits=(self.train_split, self.eval_split),
             )
         assert self.resource_dir is not None

@@ -36,8 +36,8 @@ same. See :mod:`basel_app.tasks.base` for how the source is chosen.
 from __future__ import annotations
 
 from importlib import resources
-from types import SimpleNamespace
 
+from basel_app.config.schema import TaskConfig
 from basel_app.tasks.base import Task
 from basel_app.tasks.records import Record, TaskDataError, read_jsonl
 from basel_app.tasks.registry import register_task
@@ -79,17 +79,7 @@ class CodeTask(Task):
     @classmethod
     def packaged(cls, system_prompt: str | None = None) -> CodeTask:
         """The task on the packaged MBPP copy with the standard splits — for benchmarks, which have no task config."""
-        cfg = SimpleNamespace(
-            name=cls.name,
-            source="packaged",
-            data_dir=None,
-            hub_id=None,
-            hub_config=None,
-            train_split="train",
-            eval_split="test",
-            system_prompt=system_prompt,
-        )
-        return cls(cfg)
+        return cls(TaskConfig(name=cls.name, source="packaged", system_prompt=system_prompt))
 
     def read_split(self, split: str) -> list[Record]:
         """The packaged copy is one file, so a split is selected by its id range; other sources read per split."""

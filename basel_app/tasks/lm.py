@@ -34,9 +34,10 @@ import gzip
 import re
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from basel_app.tasks.base import SOURCES, Task
+from basel_app.config.schema import ConfigError, TaskConfig
+from basel_app.tasks.base import Task
 from basel_app.tasks.encoding import _as_ids
 from basel_app.tasks.records import Record, TaskDataError, local_split_file
 from basel_app.tasks.registry import register_task
@@ -54,7 +55,6 @@ SPLITS: dict[str, tuple[str, str]] = {
     "validation": ("valid", "validation"),
     "test": ("test", "test"),
 }
-DEFAULT_WINDOW = 512  # TaskConfig.max_length's default, for configs without the field
 
 _WORD = re.compile(r"\s*\S+")
 
@@ -151,28 +151,25 @@ class LMTask(Task):
     fields = {"text": str}
     resource_dir = RESOURCE_DIR
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: TaskConfig) -> None:
         super().__init__(cfg)
-        self.window: int = int(getattr(cfg, "max_length", None) or DEFAULT_WINDOW)
-        self.hub_id: str = getattr(cfg, "hub_id", None) or HUB_ID
-        self.hub_config: str | None = getattr(cfg, "hub_config", None) or HUB_CONFIG
+        self.window: int = cfg.max_length
+        self.hub_id: str = cfg.hub_id or HUB_ID
+        self.hub_config: str | None = cfg.hub_config or HUB_CONFIG
         for split in (self.train_split, self.eval_split):
             _split_names(split)  # an unknown split fails here, before any file is read
 
-    def _resolve_source(self, cfg: Any) -> str:
+    def _resolve_source(self, cfg: TaskConfig) -> str:
         # Unlike the base class, hub needs no task.hub_id: WikiText-2 has a known one.
-        source = getattr(cfg, "source", None) or "packaged"
-        if source not in SOURCES:
-            raise ValueError(f"task.source={source!r} is not allowed; choose one of: {', '.join(SOURCES)}")
-        if getattr(cfg, "data_dir", None) is not None:
+        if cfg.data_dir is not None:
             return "local"
-        if source == "local":
-            raise ValueError("task.source=local needs task.data_dir=/dir/with/train.txt,valid.txt,test.txt")
-        return source
+        if cfg.source == "local":
+            raise ConfigError("task.source=local needs task.data_dir=/dir/with/train.txt,valid.txt,test.txt")
+        return cfg.source
 
     def describe_source(self) -> str:
         if self.source == "hub":
-            return f"hub:{self.hub_id}/{self.hub_config}@{getattr(self.cfg, 'revision', None)}"
+            return f"hub:{self.hub_id}/{self.hub_config}@{self.cfg.revision}"
         return super().describe_source()
 
     def read_text(self, split: str) -> str:
@@ -183,7 +180,7 @@ class LMTask(Task):
             source=self.source,
             hub_id=self.hub_id,
             hub_config=self.hub_config,
-            revision=getattr(self.cfg, "revision", None),
+            revision=self.cfg.revision,
         )
 
     def read_split(self, split: str) -> list[Record]:

@@ -16,8 +16,8 @@ task.hub_config=main``). See :mod:`basel_app.tasks.base` for how the source is c
 from __future__ import annotations
 
 import re
-from typing import Any
 
+from basel_app.config.schema import TaskConfig
 from basel_app.tasks.base import Task
 from basel_app.tasks.records import Record
 from basel_app.tasks.registry import register_task
@@ -48,9 +48,9 @@ class MathTask(Task):
     fields = {"question": str, "answer": str}
     resource_dir = "gsm8k"
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: TaskConfig) -> None:
         super().__init__(cfg)
-        self.strip_annotations: bool = bool(getattr(cfg, "strip_calculator_annotations", True))
+        self.strip_annotations: bool = cfg.strip_calculator_annotations
 
     def to_example(self, record: Record) -> tuple[str, str]:
         answer = record["answer"]

@@ -90,8 +90,6 @@ def test_ablations_compose_with_method(compose_config):
         ("method.allocation=global method.compression_ratio=2", "method.allocation=global is not allowed for method=basel"),
         ("method=bsi method.allocation=global", "method.allocation=global is not allowed for method=bsi with a keep_ratio"),
         ("method=bsi model.dtype=bfloat16", "model.dtype=bfloat16 is not allowed with method=bsi"),
-        ("method.scorer=taylor", "method.scorer='taylor' is not allowed for method=basel; it uses 'magnitude'"),
-        ("method=svd method.scorer=magnitude", "method.scorer='magnitude' is not allowed for the one-shot method=svd"),
         ("task.name=poetry", "task.name='poetry' is not allowed; choose one of:"),
         ("model.path=/does/not/exist", "model.path='/does/not/exist' does not exist"),
         ("model.dtype=int3", "model.dtype='int3' is not allowed"),

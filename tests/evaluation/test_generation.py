@@ -157,17 +157,15 @@ def test_rejects_bad_arguments(model, tokenizer):
 
 @pytest.mark.slow
 def test_smollm2_gsm8k_batch_of_two_equals_batch_of_one():
-    from types import SimpleNamespace
-
     from omegaconf import OmegaConf
 
-    from basel_app.config.schema import ModelConfig
+    from basel_app.config.schema import ModelConfig, TaskConfig
     from basel_app.models import load_model
     from basel_app.tasks.math import MathTask
     from basel_app.tasks.records import read_packaged_split
 
     loaded = load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig)))
-    task = MathTask(SimpleNamespace(train_split="train", eval_split="test"))
+    task = MathTask(TaskConfig())
     records = read_packaged_split("gsm8k", "test", MathTask.fields)[:2]
     prompts = [task.prompt_ids(loaded.tokenizer, r) for r in records]
     assert len(prompts[0]) != len(prompts[1])  # the batch of two is padded

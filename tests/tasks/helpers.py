@@ -2,15 +2,15 @@
 
 - byte-level tokenizers: one token per UTF-8 byte, so every token boundary is exact; built with the
   `tokenizers` library (no download, no dependency on basel_app.models);
-- task configs: objects with ``TaskConfig``'s attributes.
+- task configs: ``TaskConfig``s, validated as a run's are.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
+
+from basel_app.config.schema import TaskConfig
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -38,18 +38,6 @@ def make_byte_tokenizer(
     return tokenizer
 
 
-def task_cfg(**overrides) -> SimpleNamespace:
-    """An object with TaskConfig's attributes (the task accepts any such object)."""
-    values = dict(
-        name="math",
-        data_dir=None,
-        hub_id=None,
-        hub_config=None,
-        source="packaged",
-        train_split="train",
-        eval_split="test",
-        strip_calculator_annotations=True,
-        system_prompt=None,
-    )
-    values.update(overrides)
-    return SimpleNamespace(**values)
+def task_cfg(**overrides) -> TaskConfig:
+    """The validated task config a run builds its task from, with `overrides`."""
+    return TaskConfig(**overrides)

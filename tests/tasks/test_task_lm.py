@@ -8,10 +8,10 @@ import hashlib
 import re
 import sys
 from importlib import resources
-from types import SimpleNamespace
 
 import pytest
 
+from basel_app.config.schema import TaskConfig
 from basel_app.data import TaskDataModule
 from basel_app.tasks import IGNORE_INDEX, TASKS, TaskDataError, build_task
 from basel_app.tasks.lm import LMTask, read_wikitext, wikitext_test_text, word_windows
@@ -29,8 +29,8 @@ SMALL = {  # a data_dir in the same layout
 }
 
 
-def lm_cfg(**overrides) -> SimpleNamespace:
-    values = dict(name="lm", max_length=64, hub_id=None, hub_config=None)
+def lm_cfg(**overrides) -> TaskConfig:
+    values = dict(name="lm", max_length=64)
     values.update(overrides)
     return task_cfg(**values)
 
@@ -134,8 +134,12 @@ def test_missing_file_in_data_dir_is_a_one_line_error(small_dir):
 
 
 def test_data_dir_that_is_not_a_directory(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    cfg = lm_cfg(data_dir=str(gone))  # the config checks the dir exists; it can vanish before the data is read
+    gone.rmdir()
     with pytest.raises(TaskDataError, match="is not a directory"):
-        build_task(lm_cfg(data_dir=str(tmp_path / "absent"))).load_train_records()
+        build_task(cfg).load_train_records()
 
 
 def test_unknown_split_and_source_are_refused():

@@ -103,7 +103,9 @@ def test_data_dir_missing_split_file_names_dir_and_file(tmp_path):
 
 def test_data_dir_that_does_not_exist_is_named(tmp_path):
     missing = tmp_path / "nowhere"
-    task = build_task(task_cfg(data_dir=str(missing)))
+    missing.mkdir()
+    task = build_task(task_cfg(data_dir=str(missing)))  # the config checks the dir exists; it can vanish later
+    missing.rmdir()
     with pytest.raises(TaskDataError) as excinfo:
         task.load_train_records()
     assert str(missing) in one_line_error(excinfo)
@@ -171,7 +173,7 @@ def test_inconsistent_configs_are_refused(overrides, needle):
 
 
 def test_unknown_task_names_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"task.name='poetry' is not a known task; choose one of: .*math"):
+    with pytest.raises(ValueError, match=r"task.name='poetry' is not allowed; choose one of: .*math"):
         build_task(task_cfg(name="poetry"))
     assert TASKS["math"] is MathTask
 

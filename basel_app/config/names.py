@@ -1,0 +1,32 @@
+"""The names config values are checked against. They live here, at the top of the layers, so the schema
+needs no code module to validate a value; the code modules that implement each name import it from here
+(and their registries are checked against these lists by tests/test_architecture.py)."""
+
+from __future__ import annotations
+
+ONE_SHOT_METHODS = ("svd", "fwsvd", "svd_llm", "asvd")  # factor and truncate once
+# Algorithm 1 (relearn, prune progressively, recompose); the pruning criterion each one implies.
+PRUNING_SCORERS = {"basel": "magnitude", "bsi": "taylor"}
+PRUNING_METHODS = tuple(PRUNING_SCORERS)
+METHODS = PRUNING_METHODS + ONE_SHOT_METHODS
+CROSS_LAYER_METHODS = ("bsi",)  # whose scores are loss changes, comparable across layers (global allocation)
+ALLOCATIONS = ("per_layer", "global")
+HVP_MODES = ("finite_difference", "double_backward")
+SCORE_VARIANTS = ("both", "first", "second")
+TASK_NAMES = ("math", "code", "lm")
+BENCHMARK_NAMES = ("gsm8k", "math", "humaneval", "mbpp", "wikitext2")
+# Which ablation presets (conf/ablation/) change something for which methods.
+ABLATION_METHODS = {
+    "additional_dim": PRUNING_METHODS,
+    "pruning_times": PRUNING_METHODS,
+    "free_bases": PRUNING_METHODS,
+    "score": ("bsi",),
+}
+MODEL_SOURCES = ("gguf", "hub", "random")
+DTYPES = ("float32", "bfloat16", "float16")
+TASK_SOURCES = ("packaged", "local", "hub")
+LOGGERS = ("wandb", "csv")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+POST_FINETUNE_PARAMS = ("all", "lowrank")
+# Every linear layer of a Llama decoder plus the output head (METHODS.md, "Which layers").
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
