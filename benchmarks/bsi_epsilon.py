@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from basel_app.config.schema import ModelConfig, TaskConfig
 from basel_app.data import TaskDataModule
-from basel_app.lowrank import lowrank_layers, reparameterize
+from basel_app.lowrank import basel_layers, find_target_linears, reparameterize
 from basel_app.methods.taylor import hvp_double_backward, hvp_finite_difference
 from basel_app.models import load_model
 
@@ -39,8 +39,8 @@ def main() -> None:
     data.attach_tokenizer(loaded.tokenizer)
     data.setup("fit")
     model = loaded.model.eval()
-    reparameterize(model, args.targets, additional_dim=16)
-    params = [layer.singular_values for layer in lowrank_layers(model).values()]
+    reparameterize(model, find_target_linears(model, args.targets), additional_dim=16)
+    params = [layer.singular_values for layer in basel_layers(model).values()]
     rms = [float(p.detach().square().mean().sqrt()) for p in params]
 
     def loss_fn(batch):

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from basel_app.config.schema import ModelConfig, TaskConfig
 from basel_app.data import TaskDataModule
-from basel_app.lowrank import reparameterize
+from basel_app.lowrank import find_target_linears, reparameterize
 from basel_app.methods.taylor import estimate_taylor_statistics, taylor_scores
 from basel_app.models import load_model
 
@@ -46,7 +46,7 @@ def main() -> None:
     data.attach_tokenizer(loaded.tokenizer)
     data.setup("fit")
     model = loaded.model.eval()
-    layers = reparameterize(model, ["q_proj", "k_proj", "o_proj"], additional_dim=0)
+    layers = reparameterize(model, find_target_linears(model, ["q_proj", "k_proj", "o_proj"]), additional_dim=0)
     params = [layer.singular_values for layer in layers.values()]
     eps = [torch.full_like(p, args.eps_scale * float(p.detach().square().mean().sqrt())) for p in params]
     batches = data.calibration_batches(args.batches, seed=0)

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from basel_app.config.schema import ModelConfig, TaskConfig
 from basel_app.data import TaskDataModule
 from basel_app.lit.module import answer_nll
-from basel_app.lowrank import mass_keep_mask, reparameterize
+from basel_app.lowrank import find_target_linears, mass_keep_mask, reparameterize
 from basel_app.models import load_model
 
 TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -51,7 +51,7 @@ def main() -> None:
     print(f"model {loaded.provenance['name']}, {args.eval_items} GSM8K test items, keep_ratio {args.keep_ratio}")
     print(f"{'pruned layers':<16} {'mean kept rank':>15} {'answer loss':>12}")
     print(f"{'none (input)':<16} {'':>15} {answer_loss(model, batches):12.3f}")
-    layers = reparameterize(model, TYPES, additional_dim=0)
+    layers = reparameterize(model, find_target_linears(model, TYPES), additional_dim=0)
     initial = {name: layer.keep_mask.clone() for name, layer in layers.items()}
     for group in [*TYPES, "layers.0.", f"layers.{model.config.num_hidden_layers - 1}."]:
         chosen = [layer for name, layer in layers.items() if group in name]

@@ -23,6 +23,8 @@ from typing import Any
 
 from torch import nn
 
+from basel_app.modes import eval_mode
+
 log = logging.getLogger(__name__)
 
 MATH_INSTRUCTION = "\n\nPut your final answer within \\boxed{}."
@@ -140,13 +142,11 @@ TASK_BENCHMARKS: dict[str, tuple[str, ...]] = {
 def run_benchmarks(model: nn.Module, tokenizer: Any, names: list[str], settings: BenchmarkSettings
                    ) -> dict[str, Any]:
     """Each named benchmark on `model` (eval mode, no grad); results carry the settings that produced them."""
-    was_training = model.training
-    model.eval()
     results: dict[str, Any] = {}
-    for name in names:
-        start = time.perf_counter()
-        log.info("benchmark %s (limit %s, batch size %d)", name, settings.limit, settings.batch_size)
-        results[name] = {**BENCHMARKS[name](model, tokenizer, settings),
-                         "settings": asdict(settings), "seconds": round(time.perf_counter() - start, 2)}
-    model.train(was_training)
+    with eval_mode(model):
+        for name in names:
+            start = time.perf_counter()
+            log.info("benchmark %s (limit %s, batch size %d)", name, settings.limit, settings.batch_size)
+            results[name] = {**BENCHMARKS[name](model, tokenizer, settings),
+                             "settings": asdict(settings), "seconds": round(time.perf_counter() - start, 2)}
     return results

@@ -37,6 +37,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from basel_app.modes import eval_mode
+
 log = logging.getLogger(__name__)
 
 # Special tokens that end an assistant turn in common Llama-family chat formats; used as stop tokens when
@@ -140,30 +142,28 @@ def generate_greedy(
         use_cache=True,
     )
 
-    was_training = model.training
     checkpoint_config = getattr(model, "generation_config", None)
-    model.eval()
     model.generation_config = GenerationConfig()  # nothing of the checkpoint's decoding defaults leaks in
     texts: list[str] = []
     try:
-        starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="generate", unit="batch", disable=not show_progress):
-            batch = prompts[start : start + batch_size]
-            input_ids, attention_mask = left_pad(batch, pad_id, device)
-            criteria = StoppingCriteriaList(
-                [_StopOnStrings(tokenizer, stop_strings, input_ids.shape[1])] if stop_strings else []
-            )
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=greedy,
-                stopping_criteria=criteria,
-            )
-            for row in output[:, input_ids.shape[1] :].tolist():
-                texts.append(_decode_new_tokens(tokenizer, row, stop_ids, stop_strings))
+        with eval_mode(model):
+            starts = range(0, len(prompts), batch_size)
+            for start in tqdm(starts, desc="generate", unit="batch", disable=not show_progress):
+                batch = prompts[start : start + batch_size]
+                input_ids, attention_mask = left_pad(batch, pad_id, device)
+                criteria = StoppingCriteriaList(
+                    [_StopOnStrings(tokenizer, stop_strings, input_ids.shape[1])] if stop_strings else []
+                )
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=greedy,
+                    stopping_criteria=criteria,
+                )
+                for row in output[:, input_ids.shape[1] :].tolist():
+                    texts.append(_decode_new_tokens(tokenizer, row, stop_ids, stop_strings))
     finally:
         model.generation_config = checkpoint_config
-        model.train(was_training)
     return texts
 
 

@@ -43,6 +43,7 @@ import torch
 from torchmetrics.text import Perplexity
 from tqdm.auto import tqdm
 
+from basel_app.modes import eval_mode
 from basel_app.tasks.encoding import _as_ids
 from basel_app.tasks.lm import special_prefix
 
@@ -125,9 +126,7 @@ def stream_perplexity(
     device = _model_device(model)
     metric = Perplexity().set_dtype(torch.float64).to(device)  # Σ −log p and count, in float64
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with tqdm(total=len(windows), desc="perplexity", unit="window", disable=not progress) as bar:
             for start in range(0, len(windows), batch_size):
                 batch = windows[start : start + batch_size]
@@ -145,8 +144,6 @@ def stream_perplexity(
                     target = stream[w.first_scored : w.end + 1].to(device).unsqueeze(0)  # (1, n)
                     metric.update(preds, target)
                 bar.update(len(batch))
-    finally:
-        model.train(was_training)
 
     total = float(metric.total_log_probs)
     count = int(metric.count)

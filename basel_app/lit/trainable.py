@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from basel_app.lowrank import LowRankLinear, lowrank_layers
+from basel_app.lowrank import LowRankLinear, basel_layers
 
 
 def _train_only(model: nn.Module, params: list[nn.Parameter]) -> list[nn.Parameter]:
@@ -16,7 +16,7 @@ def _train_only(model: nn.Module, params: list[nn.Parameter]) -> list[nn.Paramet
 
 def reparameterized_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Keep and prune phases: s̃, Ũ, Ṽ of every BaselLinear (plus U, V with free bases)."""
-    return _train_only(model, [p for layer in lowrank_layers(model).values() for p in layer.trainable_parameters()])
+    return _train_only(model, [p for layer in basel_layers(model).values() for p in layer.trainable_parameters()])
 
 
 def all_parameters(model: nn.Module) -> list[nn.Parameter]:

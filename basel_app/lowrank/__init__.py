@@ -11,11 +11,14 @@ from basel_app.lowrank.accounting import (
     state_bytes,
 )
 from basel_app.lowrank.inject import (
+    basel_layers,
     find_target_linears,
-    lowrank_layers,
     matches_target,
+    parent_module,
     reparameterize,
     set_submodule,
+    set_trainable,
+    untie_from_embedding,
 )
 from basel_app.lowrank.allocation import (
     BudgetError,
@@ -33,6 +36,7 @@ from basel_app.lowrank.thin import LowRankLinear
 
 __all__ = [
     "BaselLinear",
+    "basel_layers",
     "BudgetError",
     "LayerBases",
     "keep_within",
@@ -49,7 +53,6 @@ __all__ = [
     "iterations_per_pruning",
     "layer_ranks",
     "linear_parameter_count",
-    "lowrank_layers",
     "lowrank_parameter_count",
     "mass_keep_mask",
     "matches_target",
@@ -58,7 +61,10 @@ __all__ = [
     "recompose_layer",
     "recompose_model",
     "reparameterize",
+    "parent_module",
     "set_submodule",
+    "set_trainable",
+    "untie_from_embedding",
     "state_bytes",
     "thin_svd_of_product",
 ]

@@ -1,4 +1,4 @@
-"""Which layers get reparameterized, and the in-place swap.
+"""Which layers get compressed, the in-place swap, and which parameters train.
 
 Targets are chosen by module name, as PEFT's `target_modules` does: a list of suffixes (`"q_proj"` matches
 `model.layers.0.self_attn.q_proj`) or one string that is a regular expression over the full name. Only
@@ -59,13 +59,17 @@ def _tied_to_input_embedding(model: nn.Module, linear: nn.Linear) -> bool:
     return same_memory and linear.weight.shape == weight.shape
 
 
-def _untie(model: nn.Module, name: str, linear: nn.Linear) -> None:
-    """Give a tied head its own weight (a copy), and tell the config so transformers does not re-tie it."""
-    linear.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=linear.weight.requires_grad)
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "tie_word_embeddings"):
-        config.tie_word_embeddings = False
-    log.info("untied %s from the input embedding (the embedding stays, so both are counted)", name)
+def untie_from_embedding(model: nn.Module, targets: dict[str, nn.Linear]) -> None:
+    """Give each target whose weight is the input embedding's (a tied head) its own copy, and tell the config
+    so transformers does not re-tie it: factoring the head must leave the embedding as it is."""
+    for name, linear in targets.items():
+        if not _tied_to_input_embedding(model, linear):
+            continue
+        linear.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=linear.weight.requires_grad)
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "tie_word_embeddings"):
+            config.tie_word_embeddings = False
+        log.info("untied %s from the input embedding (the embedding stays, so both are counted)", name)
 
 
 def find_target_linears(
@@ -73,12 +77,13 @@ def find_target_linears(
     target_modules: Patterns,
     exclude_modules: Patterns = (),
     include_tied_head: bool = False,
-) -> list[str]:
-    """Names of the `nn.Linear` modules to reparameterize, in module order.
+) -> dict[str, nn.Linear]:
+    """The `nn.Linear` modules to compress, by name, in module order; `model` is not changed.
 
     A head whose weight is the input embedding's is skipped by default: factoring it would add
-    parameters, since the embedding stays. With `include_tied_head=True` it is untied (this mutates
-    `model`) and targeted. Linears inside an already thin `LowRankLinear` are never targeted.
+    parameters, since the embedding stays. With `include_tied_head=True` it is a target, still tied:
+    `untie_from_embedding` must run before it is changed. Linears inside an already thin `LowRankLinear`
+    are never targeted.
     """
     inside_thin = {
         f"{name}.{child}" if name else child
@@ -86,20 +91,19 @@ def find_target_linears(
         if isinstance(module, LowRankLinear)
         for child, _ in module.named_children()
     }
-    all_linears, targets = [], []
+    all_linears: list[str] = []
+    targets: dict[str, nn.Linear] = {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or name in inside_thin:
             continue
         all_linears.append(name)
         if not matches_target(name, target_modules, exclude_modules):
             continue
-        if _tied_to_input_embedding(model, module):
-            if not include_tied_head:
-                log.info("skipping %s: its weight is tied to the input embedding (set include_tied_head to "
-                         "untie and factor it)", name)
-                continue
-            _untie(model, name, module)
-        targets.append(name)
+        if not include_tied_head and _tied_to_input_embedding(model, module):
+            log.info("skipping %s: its weight is tied to the input embedding (set include_tied_head to "
+                     "untie and factor it)", name)
+            continue
+        targets[name] = module
     if not targets:
         examples = ", ".join(all_linears[:5]) or "none"
         raise ValueError(
@@ -110,48 +114,55 @@ def find_target_linears(
     return targets
 
 
+def parent_module(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding the attribute at dotted path `name`, and the attribute's own name."""
+    parent_name, _, leaf = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), leaf
+
+
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     """Replace the submodule at dotted path `name` (which must exist) by `module`."""
     if not name:
         raise ValueError("cannot replace the root module; give a dotted submodule name")
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
+    parent, leaf = parent_module(model, name)
     if not hasattr(parent, leaf):
-        raise AttributeError(f"{type(parent).__name__} at {parent_name or '<root>'!r} has no submodule {leaf!r}")
+        raise AttributeError(f"{type(parent).__name__} at {name.rpartition('.')[0] or '<root>'!r} has no submodule {leaf!r}")
     setattr(parent, leaf, module)
 
 
-def lowrank_layers(model: nn.Module) -> dict[str, BaselLinear]:
-    """Every `BaselLinear` in `model`, by name."""
+def basel_layers(model: nn.Module) -> dict[str, BaselLinear]:
+    """Every `BaselLinear` (the Eq. 3 layer of stage 1) in `model`, by name."""
     return {name: module for name, module in model.named_modules() if isinstance(module, BaselLinear)}
+
+
+def set_trainable(model: nn.Module, params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The one trainable-parameter rule: exactly `params` require grad, everything else in `model` is frozen."""
+    chosen = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    return params
 
 
 def reparameterize(
     model: nn.Module,
-    target_modules: Patterns,
-    exclude_modules: Patterns = (),
+    targets: dict[str, nn.Linear],
     additional_dim: int = 32,
     free_bases: bool = False,
-    include_tied_head: bool = False,
     seed: int = 0,
 ) -> dict[str, BaselLinear]:
-    """Replace each target `nn.Linear` by a `BaselLinear` (Eq. 3) in place, then freeze the rest.
+    """Replace each target `nn.Linear` by a `BaselLinear` (Eq. 3) in place.
 
-    After this only the layers' `trainable_parameters()` require grad: embeddings, norms and biases are
-    frozen for the keep and prune phases. Ṽ is drawn from a generator seeded with `seed`, so the result
-    does not depend on the global RNG state.
+    Which parameters then train is not decided here but by `set_trainable` (the stage's selector): the
+    layers' `trainable_parameters()` for the keep and prune phases. Ṽ is drawn from a generator seeded
+    with `seed`, so the result does not depend on the global RNG state.
     """
-    names = find_target_linears(model, target_modules, exclude_modules, include_tied_head)
     generator = torch.Generator().manual_seed(seed)
     layers: dict[str, BaselLinear] = {}
-    for name in tqdm(names, desc="reparameterize (SVD)", unit="layer", leave=False):
-        layer = BaselLinear.from_linear(model.get_submodule(name), additional_dim, free_bases, generator)
+    for name, linear in tqdm(targets.items(), desc="reparameterize (SVD)", unit="layer", leave=False):
+        layer = BaselLinear.from_linear(linear, additional_dim, free_bases, generator)
         set_submodule(model, name, layer)
         layers[name] = layer
-    trainable = {id(p) for layer in lowrank_layers(model).values() for p in layer.trainable_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in trainable)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_train = sum(p.numel() for layer in layers.values() for p in layer.trainable_parameters())
     log.info("reparameterized %d linear layers (additional_dim=%d, free_bases=%s); %d trainable parameters",
              len(layers), additional_dim, free_bases, n_train)
     return layers

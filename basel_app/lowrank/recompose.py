@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from basel_app.lowrank.inject import lowrank_layers, set_submodule
+from basel_app.lowrank.inject import basel_layers, set_submodule
 from basel_app.lowrank.reparam import BaselLinear, decomposition_dtype, rank_tolerance_eps
 from basel_app.lowrank.thin import LowRankLinear
 
@@ -76,12 +76,7 @@ def recompose_layer(layer: BaselLinear) -> tuple[nn.Linear | LowRankLinear, int]
         if has_bias:
             dense.bias.copy_(layer.bias)
         return dense, k
-    thin = LowRankLinear(m, n, k, bias=has_bias, device=device, dtype=dtype)
-    thin.down.weight.copy_(s[:, None] * v.T)  # (k, m)
-    thin.up.weight.copy_(u)  # (n, k)
-    if has_bias:
-        thin.up.bias.copy_(layer.bias)
-    return thin, k
+    return LowRankLinear.from_factors(s[:, None] * v.T, u, layer.bias, dtype, device), k  # down (k, m), up (n, k)
 
 
 def recompose_model(model: nn.Module) -> dict[str, int]:
@@ -91,7 +86,7 @@ def recompose_model(model: nn.Module) -> dict[str, int]:
     """
     ranks: dict[str, int] = {}
     thin = 0
-    for name, layer in tqdm(list(lowrank_layers(model).items()), desc="recompose", unit="layer", leave=False):
+    for name, layer in tqdm(list(basel_layers(model).items()), desc="recompose", unit="layer", leave=False):
         new, ranks[name] = recompose_layer(layer)
         set_submodule(model, name, new)
         thin += isinstance(new, LowRankLinear)

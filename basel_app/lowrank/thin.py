@@ -30,6 +30,20 @@ class LowRankLinear(nn.Module):
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)  # A: (k, m)
         self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)  # B: (n, k)
 
+    @classmethod
+    @torch.no_grad()
+    def from_factors(
+        cls, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, device: torch.device
+    ) -> LowRankLinear:
+        """The layer computing up (down x) + bias: down (k, m), up (n, k), stored in `dtype` on `device`."""
+        (k, m), n = down.shape, up.shape[0]
+        thin = cls(m, n, k, bias=bias is not None, device=device, dtype=dtype)
+        thin.down.weight.copy_(down)
+        thin.up.weight.copy_(up)
+        if bias is not None:
+            thin.up.bias.copy_(bias)
+        return thin
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., m) -> (..., n)
         return self.up(self.down(x))
 

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from basel_app.modes import eval_mode
+
 
 @dataclass
 class ActivationStatistics:
@@ -60,16 +62,14 @@ def activation_statistics(
         return hook
 
     handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False):
-            current["mask"] = batch["attention_mask"].bool()
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False):
+                current["mask"] = batch["attention_mask"].bool()
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        finally:
+            for handle in handles:
+                handle.remove()
     return stats
 
 
@@ -83,19 +83,17 @@ def row_fisher(
     weights = [layer.weight for layer in layers.values()]
     fisher = [torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) for w in weights]
     flags = [w.requires_grad for w in weights]
-    was_training = model.training
-    model.eval()
-    try:
-        for w in weights:
-            w.requires_grad_(True)
-        for batch in tqdm(batches, desc="fisher", unit="batch", leave=False):
-            with torch.enable_grad():
-                grads = torch.autograd.grad(loss_fn(model, batch), weights, allow_unused=True)
-            for total, g in zip(fisher, grads):
-                if g is not None:
-                    total += g.double().square().sum(1)
-    finally:
-        for w, flag in zip(weights, flags):
-            w.requires_grad_(flag)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for w in weights:
+                w.requires_grad_(True)
+            for batch in tqdm(batches, desc="fisher", unit="batch", leave=False):
+                with torch.enable_grad():
+                    grads = torch.autograd.grad(loss_fn(model, batch), weights, allow_unused=True)
+                for total, g in zip(fisher, grads):
+                    if g is not None:
+                        total += g.double().square().sum(1)
+        finally:
+            for w, flag in zip(weights, flags):
+                w.requires_grad_(flag)
     return dict(zip(layers, fisher))

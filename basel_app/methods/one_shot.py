@@ -77,18 +77,12 @@ def truncate_layers(
     ranks: dict[str, int] = {}
     for name, mask in zip(names, budget.final_masks(layers)):
         dense = targets[name]
-        n, m = dense.out_features, dense.in_features
         k = int(mask.sum())
         ranks[name] = k
-        if k >= break_even_rank(n, m):
+        if k >= break_even_rank(dense.out_features, dense.in_features):
             continue  # storing it factored would not save anything: keep the original weight
         up, down = factorizations[name].truncated(mask.to(factorizations[name].values.device))
-        thin = LowRankLinear(m, n, k, bias=dense.bias is not None, device=dense.weight.device, dtype=dense.weight.dtype)
-        thin.down.weight.copy_(down)
-        thin.up.weight.copy_(up)
-        if dense.bias is not None:
-            thin.up.bias.copy_(dense.bias)
-        set_submodule(model, name, thin)
+        set_submodule(model, name, LowRankLinear.from_factors(down, up, dense.bias, dense.weight.dtype, dense.weight.device))
     thin_count = sum(isinstance(model.get_submodule(name), LowRankLinear) for name in names)
     log.info("truncated %d layers: %d thin, %d kept dense (mean rank %.1f)", len(names), thin_count,
              len(names) - thin_count, sum(ranks.values()) / max(1, len(ranks)))

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from basel_app.lowrank.inject import set_submodule
 from basel_app.lowrank.thin import LowRankLinear
 
 logger = logging.getLogger(__name__)
@@ -84,9 +85,7 @@ class LowRankLlamaForCausalLM(LlamaForCausalLM):
                 device=dense.weight.device,
                 dtype=dense.weight.dtype,
             )
-            parent_name, _, child_name = name.rpartition(".")
-            parent = self.get_submodule(parent_name) if parent_name else self
-            setattr(parent, child_name, thin)
+            set_submodule(self, name, thin)
         if ranks:
             logger.debug("built %d LowRankLinear modules", len(ranks))
 

@@ -13,6 +13,8 @@ from typing import TypeVar
 import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from basel_app.lowrank.inject import parent_module
+
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
 
@@ -37,8 +39,7 @@ def rebuild_sharing_tensors(
     target.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers (rotary inv_freq) are not in the state dict: take the source's, by name.
     for name, buffer in source.named_buffers():
-        owner_name, _, buffer_name = name.rpartition(".")
-        owner = target.get_submodule(owner_name) if owner_name else target
+        owner, buffer_name = parent_module(target, name)
         setattr(owner, buffer_name, buffer)
     if getattr(config, "tie_word_embeddings", False):
         target.tie_weights()  # assign=True gave head and embedding the same storage; make them one Parameter

@@ -19,7 +19,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from basel_app.evaluation.harness import evaluate_with_harness, harness_model
-from basel_app.lowrank import lowrank_layers, recompose_model, reparameterize
+from basel_app.lowrank import basel_layers, find_target_linears, recompose_model, reparameterize
 from basel_app.models import load_compressed, save_compressed
 from basel_app.models.compressed_io import lowrank_ranks
 from tests.lowrank.helpers import perturb_as_if_trained
@@ -102,10 +102,10 @@ def test_harness_scores_the_model_as_its_logits_say(model, tokenizer, task_dir):
 
 def test_a_compressed_model_runs_through_the_harness(model, tokenizer, task_dir, tmp_path):
     compressed = copy.deepcopy(model)
-    reparameterize(compressed, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                   additional_dim=4, seed=1)
+    targets = find_target_linears(compressed, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    reparameterize(compressed, targets, additional_dim=4, seed=1)
     gen = torch.Generator().manual_seed(2)
-    for layer in lowrank_layers(compressed).values():
+    for layer in basel_layers(compressed).values():
         perturb_as_if_trained(layer, gen, prune_to=min(layer.out_features, layer.in_features) // 4)
     recompose_model(compressed)
     loaded, loaded_tokenizer = load_compressed(save_compressed(compressed, tokenizer, tmp_path / "compressed"))

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import basel_app
-from basel_app.lowrank import lowrank_layers, mass_keep_mask, recompose_model, reparameterize
+from basel_app.lowrank import basel_layers, find_target_linears, mass_keep_mask, recompose_model, reparameterize
 from basel_app.models import load_model
 
 from ..conftest import REPO, compose_config  # noqa: F401  (fixture)
@@ -53,8 +53,9 @@ def test_reparameterize_prune_recompose_save_keep_the_logits(smollm2, input_ids,
     model = copy.deepcopy(smollm2.model).to(dtype)
     original = model(input_ids).logits
 
-    layers = reparameterize(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                                    "lm_head"], additional_dim=8, seed=3)
+    targets = find_target_linears(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                          "lm_head"])
+    layers = reparameterize(model, targets, additional_dim=8, seed=3)
     assert len(layers) == 30 * 7  # the tied head is left alone by default
     assert rel_err(model(input_ids).logits, original) < tol
 
@@ -67,7 +68,7 @@ def test_reparameterize_prune_recompose_save_keep_the_logits(smollm2, input_ids,
         layer.prune(mass_keep_mask(layer.singular_values.abs(), layer.keep_mask, 0.66))
     reparameterized = model(input_ids).logits
     recompose_model(model)
-    assert not lowrank_layers(model)
+    assert not basel_layers(model)
     assert rel_err(model(input_ids).logits, reparameterized) < tol
 
     basel_app.save_compressed(model, smollm2.tokenizer, tmp_path / "m")

@@ -10,12 +10,14 @@ from torch import nn
 
 from basel_app.lowrank import (
     BaselLinear,
+    basel_layers,
     count_parameters,
     find_target_linears,
-    lowrank_layers,
     matches_target,
     reparameterize,
     set_submodule,
+    set_trainable,
+    untie_from_embedding,
 )
 from tests.lowrank.helpers import LLAMA_TARGETS, REL_TOL, rel_err
 
@@ -42,7 +44,7 @@ def test_regex_matching():
 
 
 def test_finds_every_linear_and_no_embedding(llama):
-    names = find_target_linears(llama, LLAMA_TARGETS)
+    names = list(find_target_linears(llama, LLAMA_TARGETS))
     assert len(names) == 2 * 7 + 1 and names[-1] == "lm_head"
     assert all(isinstance(llama.get_submodule(n), nn.Linear) for n in names)
     assert not any("embed" in n for n in names)
@@ -74,8 +76,10 @@ def test_tied_head_untied_when_asked(tied_llama, input_ids):
     params = count_parameters(tied_llama)
     with torch.no_grad():
         before = tied_llama(input_ids).logits
-    names = find_target_linears(tied_llama, LLAMA_TARGETS, include_tied_head=True)
-    assert "lm_head" in names
+    targets = find_target_linears(tied_llama, LLAMA_TARGETS, include_tied_head=True)
+    assert "lm_head" in targets
+    assert tied_llama.lm_head.weight is tied_llama.get_input_embeddings().weight  # finding changes nothing
+    untie_from_embedding(tied_llama, targets)
     assert tied_llama.lm_head.weight is not tied_llama.get_input_embeddings().weight
     assert tied_llama.config.tie_word_embeddings is False
     assert count_parameters(tied_llama) == params + tied_llama.lm_head.weight.numel()
@@ -86,16 +90,17 @@ def test_tied_head_untied_when_asked(tied_llama, input_ids):
 def test_reparameterized_llama_computes_the_same(llama, input_ids):
     with torch.no_grad():
         before = llama(input_ids).logits
-    layers = reparameterize(llama, LLAMA_TARGETS, additional_dim=8)
-    assert set(layers) == set(lowrank_layers(llama)) and len(layers) == 15
+    layers = reparameterize(llama, find_target_linears(llama, LLAMA_TARGETS), additional_dim=8)
+    assert set(layers) == set(basel_layers(llama)) and len(layers) == 15
     with torch.no_grad():
         after = llama(input_ids).logits
     assert rel_err(after, before) < REL_TOL
 
 
 def test_only_trainable_parameters_require_grad(llama):
-    reparameterize(llama, LLAMA_TARGETS, additional_dim=8, free_bases=False)
-    trainable = {id(p) for layer in lowrank_layers(llama).values() for p in layer.trainable_parameters()}
+    reparameterize(llama, find_target_linears(llama, LLAMA_TARGETS), additional_dim=8, free_bases=False)
+    set_trainable(llama, [p for layer in basel_layers(llama).values() for p in layer.trainable_parameters()])
+    trainable = {id(p) for layer in basel_layers(llama).values() for p in layer.trainable_parameters()}
     assert trainable
     for name, p in llama.named_parameters():
         assert p.requires_grad == (id(p) in trainable), name
@@ -103,7 +108,8 @@ def test_only_trainable_parameters_require_grad(llama):
 
 
 def test_free_bases_train_u_and_v(llama):
-    reparameterize(llama, ["q_proj"], additional_dim=0, free_bases=True)
+    reparameterize(llama, find_target_linears(llama, ["q_proj"]), additional_dim=0, free_bases=True)
+    set_trainable(llama, [p for layer in basel_layers(llama).values() for p in layer.trainable_parameters()])
     layer = llama.get_submodule(Q0)
     assert isinstance(layer, BaselLinear) and layer.U.requires_grad and layer.V.requires_grad
     assert not llama.get_submodule("model.layers.0.self_attn.k_proj").weight.requires_grad
@@ -113,8 +119,8 @@ def test_seed_fixes_the_extra_factor():
     from tests.lowrank.helpers import tiny_llama
 
     a, b = tiny_llama(), tiny_llama()
-    reparameterize(a, ["v_proj"], additional_dim=4, seed=7)
-    reparameterize(b, ["v_proj"], additional_dim=4, seed=7)
+    reparameterize(a, find_target_linears(a, ["v_proj"]), additional_dim=4, seed=7)
+    reparameterize(b, find_target_linears(b, ["v_proj"]), additional_dim=4, seed=7)
     name = "model.layers.1.self_attn.v_proj"
     assert torch.equal(a.get_submodule(name).extra_v, b.get_submodule(name).extra_v)
 

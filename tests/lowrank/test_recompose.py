@@ -9,10 +9,11 @@ from torch import nn
 from basel_app.lowrank import (
     BaselLinear,
     LowRankLinear,
+    basel_layers,
     break_even_rank,
     count_parameters,
+    find_target_linears,
     linear_parameter_count,
-    lowrank_layers,
     lowrank_parameter_count,
     recompose_layer,
     recompose_model,
@@ -80,8 +81,8 @@ def test_recomposed_layer_keeps_dtype(gen):
 
 def test_recompose_model_on_sequential_is_idempotent(gen):
     model = nn.Sequential(make_linear(80, 48, True, gen), nn.GELU(), make_linear(48, 80, True, gen))
-    reparameterize(model, ["0", "2"], additional_dim=4)
-    for layer in lowrank_layers(model).values():
+    reparameterize(model, find_target_linears(model, ["0", "2"]), additional_dim=4)
+    for layer in basel_layers(model).values():
         perturb_as_if_trained(layer, gen, prune_to=8)
     x = torch.randn(6, 48, generator=gen)
     expected = model(x)
@@ -94,15 +95,15 @@ def test_recompose_model_on_sequential_is_idempotent(gen):
 
 
 def test_tiny_llama_logits_survive_recompose(llama, input_ids, gen):
-    reparameterize(llama, LLAMA_TARGETS, additional_dim=4)
-    for layer in lowrank_layers(llama).values():
+    reparameterize(llama, find_target_linears(llama, LLAMA_TARGETS), additional_dim=4)
+    for layer in basel_layers(llama).values():
         perturb_as_if_trained(layer, gen, prune_to=max(1, min(layer.out_features, layer.in_features) // 4))
     with torch.no_grad():
         before = llama(input_ids).logits
         ranks = recompose_model(llama)
         after = llama(input_ids).logits
     assert len(ranks) == 15 and all(r >= 1 for r in ranks.values())
-    assert not lowrank_layers(llama)
+    assert not basel_layers(llama)
     assert rel_err(after, before) < REL_TOL
     params = count_parameters(llama)
     assert recompose_model(llama) == {} and count_parameters(llama) == params

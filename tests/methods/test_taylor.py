@@ -10,7 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
-from basel_app.lowrank import BaselLinear, lowrank_layers, reparameterize
+from basel_app.lowrank import BaselLinear, basel_layers, find_target_linears, reparameterize
 from basel_app.methods.taylor import (
     estimate_taylor_statistics,
     hvp_double_backward,
@@ -28,11 +28,11 @@ def reparameterized_llama(seed: int, **shape) -> tuple[LlamaForCausalLM, list[to
     """A float64 tiny Llama with every decoder linear reparameterized; returns it and its s̃ tensors."""
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_llama_config(64, **shape)).double().eval()
-    reparameterize(model, ALL_LINEARS, additional_dim=2, seed=seed)
+    reparameterize(model, find_target_linears(model, ALL_LINEARS), additional_dim=2, seed=seed)
     with torch.no_grad():  # move off the pretrained point so the gradient is not special
-        for layer in lowrank_layers(model).values():
+        for layer in basel_layers(model).values():
             layer.extra_u.normal_(0, 0.05)
-    return model, [layer.singular_values for layer in lowrank_layers(model).values()]
+    return model, [layer.singular_values for layer in basel_layers(model).values()]
 
 
 @pytest.fixture(autouse=True)

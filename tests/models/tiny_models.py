@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from basel_app.lowrank.inject import set_submodule
 from basel_app.lowrank.thin import LowRankLinear
 
 # Module name -> rank for the factored fixtures: square, GQA-shaped (k_proj is 32 x 64) and MLP matrices.
@@ -30,6 +31,5 @@ def factor(model: LlamaForCausalLM, ranks: dict[str, int], seed: int = 1) -> Lla
         if thin.up.bias is not None:
             torch.nn.init.normal_(thin.up.bias)  # non-zero, so a lost bias would show in the logits
         thin.to(dense.weight.dtype)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, thin)
+        set_submodule(model, name, thin)
     return model

@@ -24,8 +24,9 @@ import torch
 from lightning.pytorch import Callback
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from basel_app.lowrank import lowrank_layers
+from basel_app.lowrank import basel_layers
 from basel_app.methods.taylor import estimate_taylor_statistics, taylor_score_stderr, taylor_scores
+from basel_app.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class BSIImportance(Callback):
 
     def priorities(self, trainer: L.Trainer, pl_module: L.LightningModule, event: int) -> dict[str, torch.Tensor]:
         model = pl_module.model
-        layers = lowrank_layers(model)
+        layers = basel_layers(model)
         params = [layer.singular_values for layer in layers.values()]
         eps = []
         for layer in layers.values():
@@ -71,12 +72,8 @@ class BSIImportance(Callback):
                 return model(**batch).loss.float()
 
         generator = torch.Generator().manual_seed(self.seed * 100_003 + event)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             stats = estimate_taylor_statistics(loss_fn, params, batches, self.probes, eps, self.hvp, generator)
-        finally:
-            model.train(was_training)
         scores = {}
         kept_h, kept_se, kept_score, kept_score_se = [], [], [], []
         for (name, layer), g, h, se, se_g in zip(layers.items(), stats.grad, stats.hessian_diag, stats.hessian_stderr,

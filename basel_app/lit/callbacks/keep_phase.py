@@ -11,12 +11,12 @@ from lightning.pytorch import Callback
 
 from basel_app.clock import PhaseClock
 from basel_app.lit.callbacks.spectra import SpectraRecord
-from basel_app.lowrank import lowrank_layers
+from basel_app.lowrank import basel_layers
 
 
 def kept_singular_values(model) -> dict:
     """s̃ of the bases each layer still keeps."""
-    return {name: layer.singular_values[layer.keep_mask] for name, layer in lowrank_layers(model).items()}
+    return {name: layer.singular_values[layer.keep_mask] for name, layer in basel_layers(model).items()}
 
 
 class KeepPhase(Callback):

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import Callback
 
 from basel_app.lit.callbacks.scorers import Scorer
-from basel_app.lowrank import LayerBases, layer_weight_params, lowrank_layers, pruning_events_due
+from basel_app.lowrank import LayerBases, layer_weight_params, basel_layers, pruning_events_due
 from basel_app.methods.budget import SizeBudget
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def layer_bases(model: torch.nn.Module, priorities: dict[str, torch.Tensor]) -> 
     return [
         LayerBases(layer.out_features, layer.in_features, layer.keep_mask.cpu(), priorities[name].detach().cpu(),
                    layer.singular_values.detach().abs().cpu(), layer.additional_dim)
-        for name, layer in lowrank_layers(model).items()
+        for name, layer in basel_layers(model).items()
     ]
 
 
@@ -37,7 +37,7 @@ def full_rank_weights(model: torch.nn.Module) -> int:
     return sum(
         int(layer_weight_params(layer.out_features, layer.in_features, layer.keep_mask.numel() + layer.additional_dim,
                                 dense_cap=False))
-        for layer in lowrank_layers(model).values()
+        for layer in basel_layers(model).values()
     )
 
 
@@ -59,7 +59,7 @@ class PruneScheduler(Callback):
         while self.events_done < due:
             self._prune_once(trainer, pl_module, self.events_done + 1)
             self.events_done += 1
-            layers = lowrank_layers(pl_module.model).values()
+            layers = basel_layers(pl_module.model).values()
             ranks = [layer.kept_rank for layer in layers]
             weights = sum(int(layer_weight_params(layer.out_features, layer.in_features, layer.rank)) for layer in layers)
             pl_module.log_dict(
@@ -77,7 +77,7 @@ class PruneScheduler(Callback):
             priorities = self.scorer.priorities(trainer, pl_module, event)
         bases = layer_bases(pl_module.model, priorities)
         masks = self.budget.event_masks(bases, event, self.pruning_times, self.start_weights)
-        for layer, mask in zip(lowrank_layers(pl_module.model).values(), masks):
+        for layer, mask in zip(basel_layers(pl_module.model).values(), masks):
             layer.prune(mask.to(layer.keep_mask.device))
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Protocol
 import lightning as L
 import torch
 
-from basel_app.lowrank import lowrank_layers
+from basel_app.lowrank import basel_layers
 
 
 class Scorer(Protocol):
@@ -26,4 +26,4 @@ class MagnitudeScorer:
     name = "magnitude"
 
     def priorities(self, trainer: L.Trainer, pl_module: L.LightningModule, event: int) -> dict[str, torch.Tensor]:
-        return {name: layer.singular_values.detach().abs() for name, layer in lowrank_layers(pl_module.model).items()}
+        return {name: layer.singular_values.detach().abs() for name, layer in basel_layers(pl_module.model).items()}
