@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from basel_app.config.schema import ConfigError
+from basel_app.config.errors import ConfigError
 
 log = logging.getLogger("basel_app")
 

@@ -20,11 +20,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from basel_app.cli import run_validated
-from basel_app.config.schema import ConfigError, EvalConfig, EvaluateConfig, ModelConfig, TrainerConfig, register_schema
+from basel_app.config.schema import EvalConfig, EvaluateConfig, ModelConfig, TrainerConfig, register_schema
 from basel_app.data import TaskDataModule
 from basel_app.evaluation.benchmarks import TASK_BENCHMARKS, BenchmarkSettings, run_benchmarks
 from basel_app.files import atomic_write_json
-from basel_app.lit.module import CompressionModule
+from basel_app.lit.module import AnswerLossModule
 from basel_app.lit.trainer import build_eval_trainer, build_logger
 from basel_app.models import check_model_source, is_compressed_dir, load_compressed, load_model, read_metadata
 
@@ -48,8 +48,8 @@ def evaluate_on_task(
     if not eval_cfg.enabled:
         return {}
     start = time.perf_counter()
-    module = CompressionModule(model, lambda m: [], lr=1.0, weight_decay=0.0)
-    (result,) = build_eval_trainer(trainer_cfg, logger, out).validate(module, datamodule=datamodule, verbose=False)
+    (result,) = build_eval_trainer(trainer_cfg, logger, out).validate(AnswerLossModule(model), datamodule=datamodule,
+                                                                      verbose=False)
     settings = BenchmarkSettings(
         limit=eval_cfg.limit, batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens,
         context_length=eval_cfg.context_length, stride=eval_cfg.stride, code_timeout_s=eval_cfg.code_timeout_s,
@@ -87,16 +87,14 @@ def load_any_model(cfg: ModelConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        if not (cfg.model.path and is_compressed_dir(cfg.model.path)):
-            check_model_source(cfg.model)
-        # eval.limit bounds the teacher-forced items too, so a quick look stays quick.
-        limit = cfg.eval.limit
-        task = replace(cfg.task, max_eval_samples=min(filter(None, (cfg.task.max_eval_samples, limit)), default=None))
-        datamodule = TaskDataModule.from_config(task, seed=cfg.seed)
-        datamodule.load_records()
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    # Cheap checks first: a bad model source or data file fails (a ConfigError) before any loading.
+    if not (cfg.model.path and is_compressed_dir(cfg.model.path)):
+        check_model_source(cfg.model)
+    # eval.limit bounds the teacher-forced items too, so a quick look stays quick.
+    limit = cfg.eval.limit
+    task = replace(cfg.task, max_eval_samples=min(filter(None, (cfg.task.max_eval_samples, limit)), default=None))
+    datamodule = TaskDataModule.from_config(task, seed=cfg.seed)
+    datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
     model, tokenizer, provenance = load_any_model(cfg.model)
     datamodule.attach_tokenizer(tokenizer)

@@ -1,11 +1,13 @@
 """`run(cfg)`: compress a model with one method end to end, each step in dependency order.
 
-1. Check everything that can be checked without the model (config, model source, data files, the
-   pruning schedule) so a mistake costs seconds.
-2. Load the input model, resolve the size budget against it (an impossible one fails here), evaluate.
+1. Check everything that can be checked without the model (config, model source, data files) so a
+   mistake costs seconds.
+2. Load the input model; fix the pruning schedule on the tokenized data, choose the target layers (once:
+   every later step gets them) and resolve the size budget against them (an impossible one fails here);
+   evaluate.
 3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
-4. Stage 1 — Basel/BSI: one `Trainer.fit` of reparameterize (Eq. 3), keep phase, prune phase,
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate.
+4. Stage 1 — Basel/BSI: reparameterize (Eq. 3), one `Trainer.fit` of the keep and prune phases, then
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
 6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
 
@@ -28,18 +30,22 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import nn
 
 from basel_app.clock import PhaseClock
-from basel_app.config.schema import ConfigError, MethodConfig, RunConfig
+from basel_app.config.errors import ConfigError
+from basel_app.config.names import PRUNING_SCORERS
+from basel_app.config.schema import MethodConfig, ModelConfig, RunConfig
 from basel_app.data import TaskDataModule
 from basel_app.evaluate import evaluate_on_task, headline_numbers
+from basel_app.files import atomic_write_json
 from basel_app.lit.callbacks import (
     BSIImportance,
     KeepPhase,
     MagnitudeScorer,
     PruneScheduler,
-    Recompose,
+    Scorer,
     SpectraRecord,
     full_rank_weights,
 )
+from basel_app.lit.callbacks.keep_phase import kept_singular_values
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer
@@ -49,13 +55,15 @@ from basel_app.lowrank import (
     find_target_linears,
     iterations_per_pruning,
     layer_ranks,
+    recompose_model,
+    recomposed_singular_values,
     reparameterize,
     state_bytes,
+    untie_from_embedding,
 )
 from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budget
 from basel_app.methods.one_shot import factorize_layers, truncate_layers
 from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
-from basel_app.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +109,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     clock = PhaseClock()
 
-    # 1. Cheap checks first: a bad model source, data file or schedule fails before any loading.
-    try:
-        check_model_source(cfg.model)
-        datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed)
-        datamodule.load_records()
-        if cfg.method.is_pruning:
-            PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg))
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    # 1. Cheap checks first: a bad model source or data file fails (a ConfigError) before any loading.
+    check_model_source(cfg.model)
+    datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed)
+    datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
     clock.split("checks")
 
-    # 2. The input model; the exact plan once tokenization has dropped any over-long examples.
+    # 2. The input model; the exact plan once tokenization has dropped any over-long examples; the targets.
     loaded = load_model(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     datamodule.attach_tokenizer(tokenizer)
@@ -121,7 +124,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     plan = PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg)) if cfg.method.is_pruning else None
     log.info("phase plan: %s", plan)
     original = {"params": count_parameters(model), "bytes": state_bytes(model)}
-    budget = model_budget(cfg, model, original["params"])
+    targets = target_linears(cfg.model, model)
+    untie_from_embedding(model, targets)  # a targeted tied head gets its own weight; the embedding stays
+    extra = cfg.method.additional_dim if cfg.method.is_pruning else 0
+    budget = resolve_budget(cfg.method, original["params"], fixed_parameters(model, targets), targets, extra)
     log.info("size budget: %s", budget.describe())
     clock.split("load_model")
     evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
@@ -136,7 +142,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.method.pre_finetune_epochs > 0 and not boundary.is_dir():
         if pretuned.is_dir():
             log.info("stage 0 already done: resuming from %s", pretuned)
-            model, _ = load_compressed(pretuned)
+            model.load_state_dict(load_compressed(pretuned)[0].state_dict())  # in place: `targets` stay valid
         else:
             finetune(ctx, model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
                      checkpoints / "pre_finetune")
@@ -144,16 +150,21 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             shutil.rmtree(checkpoints / "pre_finetune", ignore_errors=True)
         clock.split("pre_finetune")
 
-    # 4. Stage 1: keep + prune + recompose (or a one-shot truncation), unless an earlier attempt finished it.
+    # 4. Stage 1: keep + prune + recompose (or a one-shot truncation), then its result is saved as the stage
+    # boundary, unless an earlier attempt got that far.
     if boundary.is_dir():
         log.info("stage 1 already done: resuming from %s", boundary)
         model, _ = load_compressed(boundary)
         ctx.spectra.stages = json.loads((out / "spectra.json").read_text())
         stage1 = read_metadata(boundary)
-    elif cfg.method.is_pruning:
-        model, stage1 = compress(ctx, model, plan, budget)
     else:
-        model, stage1 = compress_one_shot(ctx, model, budget)
+        if cfg.method.is_pruning:
+            stage1 = compress(ctx, model, targets, plan, budget)
+        else:
+            stage1 = compress_one_shot(ctx, model, targets, budget)
+        atomic_write_json(out / "spectra.json", ctx.spectra.stages)
+        save_compressed(model, tokenizer, boundary, metadata=stage1, overwrite=True)
+        shutil.rmtree(checkpoints / "compress", ignore_errors=True)  # the boundary supersedes stage-1 checkpoints
     recomposed_ranks = stage1["recomposed_ranks"]
 
     # 5. Stage 2: post-fine-tune the compressed model.
@@ -173,7 +184,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     clock.split("save")
     metrics = {
         "method": cfg.method.name,
-        "scorer": cfg.method.scorer,
+        "scorer": PRUNING_SCORERS.get(cfg.method.name),
         "score": cfg.method.score if cfg.method.name == "bsi" else None,
         "budget": budget.describe(achieved_params=compressed["params"]),
         "ablation": cfg.ablations,
@@ -219,36 +230,17 @@ def finetune(
     trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
 
 
-def target_linears(cfg: RunConfig, model: nn.Module) -> dict[str, nn.Linear]:
-    """{name: layer} of the layers the model config targets (a targeted tied head is untied here)."""
-    names = find_target_linears(model, cfg.model.target_modules, cfg.model.exclude_modules, cfg.model.include_tied_head)
-    return {name: model.get_submodule(name) for name in names}
+def target_linears(cfg: ModelConfig, model: nn.Module) -> dict[str, nn.Linear]:
+    """{name: layer} of the layers the model config targets (a targeted tied head still tied)."""
+    return find_target_linears(model, cfg.target_modules, cfg.exclude_modules, cfg.include_tied_head)
 
 
-def model_budget(cfg: RunConfig, model: nn.Module, original_params: int) -> SizeBudget:
-    """The size budget checked against the loaded model, before any decomposition (a ConfigError if no
-    allocation can meet it). Choosing the targets unties a targeted tied head, as compression will."""
-    method = cfg.method
-    targets = target_linears(cfg, model)
-    extra = method.additional_dim if method.is_pruning else 0
-    try:
-        return resolve_budget(method, original_params, fixed_parameters(model, targets), targets, extra)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-
-
-def save_boundary(ctx: RunContext, model: nn.Module, stage1: dict[str, Any]) -> None:
-    """Stage 1's result, complete or absent: the compressed model with `stage1` (ranks, importance) as
-    metadata, and the spectra so far."""
-    atomic_write_json(ctx.out / "spectra.json", ctx.spectra.stages)
-    save_compressed(model, ctx.tokenizer, ctx.out / "checkpoints" / "recomposed", metadata=stage1, overwrite=True)
-
-
-def compress_one_shot(ctx: RunContext, model: nn.Module, budget: SizeBudget) -> tuple[nn.Module, dict[str, Any]]:
-    """Stage 1 of a one-shot baseline: statistics on training batches, the method's factorisation of
-    every targeted layer, truncation to the budget; saved as the stage boundary."""
+def compress_one_shot(
+    ctx: RunContext, model: nn.Module, targets: dict[str, nn.Linear], budget: SizeBudget
+) -> dict[str, Any]:
+    """Stage 1 of a one-shot baseline, in place: statistics on training batches, the method's factorisation
+    of every targeted layer, truncation to the budget. Returns what stage 1 found (ranks, conditioning)."""
     cfg, method = ctx.cfg, ctx.cfg.method
-    targets = target_linears(cfg, model)
     device = next(model.parameters()).device
 
     def calibration() -> list[dict[str, Any]]:
@@ -261,59 +253,50 @@ def compress_one_shot(ctx: RunContext, model: nn.Module, budget: SizeBudget) -> 
     ctx.clock.split("decompose")
     ranks = truncate_layers(model, targets, factorizations, budget)
     ctx.clock.split("truncate")
-    stage1 = {"recomposed_ranks": ranks,
-              "conditioning": {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}}
-    save_boundary(ctx, model, stage1)
-    return model, stage1
+    return {"recomposed_ranks": ranks,
+            "conditioning": {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}}
 
 
-def compress(ctx: RunContext, model: nn.Module, plan: PhasePlan, budget: SizeBudget) -> tuple[nn.Module, dict[str, Any]]:
-    """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22): returns the recomposed model and what stage 1
-    found (each layer's rank, BSI's importance records), and saves both as the stage boundary."""
+def build_scorer(method: MethodConfig, seed: int) -> Scorer:
+    """The pruning criterion the method implies: BSI's Taylor estimate, or Basel's magnitude."""
+    if method.name == "bsi":
+        return BSIImportance(method.importance.batches, method.importance.probes, method.importance.eps_scale,
+                             method.importance.hvp, method.score, seed=seed)
+    return MagnitudeScorer()
+
+
+def compress(
+    ctx: RunContext, model: nn.Module, targets: dict[str, nn.Linear], plan: PhasePlan, budget: SizeBudget
+) -> dict[str, Any]:
+    """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22), in place: reparameterize the targets, fit the keep
+    and prune phases (resumable from stage-1 checkpoints), recompose. Returns what stage 1 found (each
+    layer's rank, BSI's importance records)."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
-    reparameterize(
-        model,
-        cfg.model.target_modules,
-        exclude_modules=cfg.model.exclude_modules,
-        additional_dim=method.additional_dim,
-        free_bases=method.free_bases,
-        include_tied_head=cfg.model.include_tied_head,
-        seed=cfg.seed,
-    )
+    reparameterize(model, targets, additional_dim=method.additional_dim, free_bases=method.free_bases, seed=cfg.seed)
     ctx.clock.split("decompose")
     stage_dir = ctx.out / "checkpoints" / "compress"
-
-    stage1: dict[str, Any] = {}
-    if method.scorer == "taylor":
-        scorer = BSIImportance(method.importance.batches, method.importance.probes, method.importance.eps_scale,
-                               method.importance.hvp, method.score, seed=cfg.seed)
-    else:
-        scorer = MagnitudeScorer()
-
-    def on_recomposed(recomposed: nn.Module, ranks: dict[str, int]) -> None:
-        stage1["recomposed_ranks"] = ranks
-        if isinstance(scorer, BSIImportance):
-            stage1["importance"] = scorer.records
-        save_boundary(ctx, recomposed, stage1)
-
+    scorer = build_scorer(method, cfg.seed)
     module = CompressionModule(model, reparameterized_parameters, method.lr, method.weight_decay)
     callbacks = [
         spectra,
         KeepPhase(method.keeping_epochs, spectra, ctx.clock),
         PruneScheduler(budget, scorer, method.pruning_times, plan.prune_start_step, plan.prune_steps, plan.every,
                        start_weights=full_rank_weights(model)),
-        Recompose(spectra, ctx.clock, on_recomposed),
     ]
-    if isinstance(scorer, BSIImportance):
-        callbacks.append(scorer)  # a callback too, so its records are checkpointed
     trainer = build_trainer(
         cfg.trainer, max_epochs=method.keeping_epochs + method.pruning_epochs, logger=ctx.logger,
         callbacks=callbacks, checkpoint_dir=stage_dir, root_dir=ctx.out,
     )
     model.train()
     trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
-    shutil.rmtree(stage_dir, ignore_errors=True)  # the boundary artifact supersedes stage-1 checkpoints
-    return module.model, stage1
+    ctx.clock.split("prune")
+
+    # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
+    spectra.add("pruned", kept_singular_values(model), ctx.logger, trainer.global_step)
+    ranks = recompose_model(model)
+    spectra.add("recomposed", recomposed_singular_values(model, list(ranks)), ctx.logger, trainer.global_step)
+    ctx.clock.split("recompose")
+    return {"recomposed_ranks": ranks, "importance": scorer.records}
 
 
 def log_summary(logger: Logger, metrics: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from basel_app.config.errors import ConfigError
 from basel_app.config.names import (
     ABLATION_METHODS,
     ALLOCATIONS,
@@ -31,10 +32,6 @@ from basel_app.config.names import (
     TASK_NAMES,
     WANDB_MODES,
 )
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the value and what is allowed."""
 
 
 def _require(ok: bool, message: str) -> None:

@@ -1,7 +1,8 @@
 """The LightningModule: hosts the causal LM and owns the one training step every phase shares.
 
-It knows nothing about phases. Which parameters train is injected (`select_trainable`), and the
-phase callbacks change the low-rank layers' state between steps.
+It knows nothing about phases. Which parameters train is injected (`select_trainable`, applied by the
+one rule `set_trainable`), and the phase callbacks change the low-rank layers' state between steps.
+Evaluation needs no optimizer, so it uses the base `AnswerLossModule`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import SumMetric
+
+from basel_app.lowrank import set_trainable
 
 TrainableSelector = Callable[[nn.Module], list[nn.Parameter]]
 
@@ -27,20 +30,13 @@ def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.
     return nll, (targets != -100).sum()
 
 
-class CompressionModule(L.LightningModule):
-    """A causal LM trained on a task's answer loss, evaluated by teacher-forced answer perplexity."""
+class AnswerLossModule(L.LightningModule):
+    """A causal LM evaluated by its teacher-forced answer loss and perplexity on the task's held-out items."""
 
-    def __init__(self, model: nn.Module, select_trainable: TrainableSelector, lr: float, weight_decay: float) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.select_trainable = select_trainable
-        self.lr, self.weight_decay = lr, weight_decay
         self.eval_nll, self.eval_tokens = SumMetric(), SumMetric()
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss  # mean NLL over the answer tokens of the batch
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         nll, tokens = answer_nll(self.model, batch)
@@ -54,8 +50,22 @@ class CompressionModule(L.LightningModule):
         self.eval_nll.reset()
         self.eval_tokens.reset()
 
+
+class CompressionModule(AnswerLossModule):
+    """The same LM trained on the task's answer loss; `select_trainable` names what trains."""
+
+    def __init__(self, model: nn.Module, select_trainable: TrainableSelector, lr: float, weight_decay: float) -> None:
+        super().__init__(model)
+        self.select_trainable = select_trainable
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss  # mean NLL over the answer tokens of the batch
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = self.select_trainable(self.model)
+        params = set_trainable(self.model, self.select_trainable(self.model))
         if not params:
             raise RuntimeError("nothing to train: the trainable-parameter selector returned no parameters")
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)

@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -62,34 +63,31 @@ def build_trainer(
             ),
         ]
     return L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
+        **_shared_trainer_args(cfg, logger, root_dir),
         max_epochs=max_epochs,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.gradient_clip_val,
         log_every_n_steps=cfg.log_every_n_steps,
-        enable_progress_bar=cfg.enable_progress_bar,
         enable_checkpointing=checkpoint_dir is not None,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,  # evaluation runs before and after compression, not during it
-        logger=logger if logger is not None else False,
         callbacks=callbacks,
-        default_root_dir=root_dir,
     )
 
 
 def build_eval_trainer(cfg: TrainerConfig, logger: Logger | None, root_dir: Path) -> L.Trainer:
-    return L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        enable_progress_bar=cfg.enable_progress_bar,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        logger=logger if logger is not None else False,
-        default_root_dir=root_dir,
-    )
+    return L.Trainer(**_shared_trainer_args(cfg, logger, root_dir), enable_checkpointing=False)
+
+
+def _shared_trainer_args(cfg: TrainerConfig, logger: Logger | None, root_dir: Path) -> dict[str, Any]:
+    """Where and in what precision every Trainer of a run runs, and where it logs."""
+    return {
+        "accelerator": cfg.accelerator,
+        "devices": cfg.devices,
+        "strategy": cfg.strategy,
+        "precision": cfg.precision,
+        "enable_progress_bar": cfg.enable_progress_bar,
+        "enable_model_summary": False,
+        "logger": logger if logger is not None else False,
+        "default_root_dir": root_dir,
+    }

@@ -30,7 +30,13 @@ from basel_app.lowrank.allocation import (
     smallest_weight_params,
 )
 from basel_app.lowrank.pruning import iterations_per_pruning, per_step_keep_ratio, pruning_events_due
-from basel_app.lowrank.recompose import break_even_rank, recompose_layer, recompose_model, thin_svd_of_product
+from basel_app.lowrank.recompose import (
+    break_even_rank,
+    recompose_layer,
+    recompose_model,
+    recomposed_singular_values,
+    thin_svd_of_product,
+)
 from basel_app.lowrank.reparam import BaselLinear, cheaper_path, decomposition_dtype
 from basel_app.lowrank.thin import LowRankLinear
 
@@ -60,6 +66,7 @@ __all__ = [
     "pruning_events_due",
     "recompose_layer",
     "recompose_model",
+    "recomposed_singular_values",
     "reparameterize",
     "parent_module",
     "set_submodule",

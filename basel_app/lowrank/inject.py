@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from basel_app.config.errors import ConfigError
 from basel_app.lowrank.reparam import BaselLinear
 from basel_app.lowrank.thin import LowRankLinear
 
@@ -106,7 +107,7 @@ def find_target_linears(
         targets[name] = module
     if not targets:
         examples = ", ".join(all_linears[:5]) or "none"
-        raise ValueError(
+        raise ConfigError(
             f"no nn.Linear matches target_modules={target_modules!r} (exclude_modules={exclude_modules!r}); "
             f"{len(all_linears)} linear layers exist, e.g. {examples}. A list matches name suffixes, a single "
             "string is a regex over the full name."

@@ -79,6 +79,18 @@ def recompose_layer(layer: BaselLinear) -> tuple[nn.Linear | LowRankLinear, int]
     return LowRankLinear.from_factors(s[:, None] * v.T, u, layer.bias, dtype, device), k  # down (k, m), up (n, k)
 
 
+def recomposed_singular_values(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Singular values of W̃ per recomposed layer: the row norms of `down` = diag(S')V'ᵀ, or svdvals if dense."""
+    out = {}
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, LowRankLinear):
+            out[name] = module.down.weight.float().norm(dim=1)
+        else:
+            out[name] = torch.linalg.svdvals(module.weight.float())
+    return out
+
+
 def recompose_model(model: nn.Module) -> dict[str, int]:
     """Replace every `BaselLinear` in place; returns {name: numerical rank of W̃} (dense or thin).
 

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from basel_app.config.schema import ConfigError, MethodConfig
+from basel_app.config.errors import ConfigError
+from basel_app.config.schema import MethodConfig
 from basel_app.lowrank import (
     LayerBases,
     keep_within,

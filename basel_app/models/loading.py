@@ -27,12 +27,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from basel_app.config.errors import ConfigError
+from basel_app.config.names import MODEL_SOURCES
 from basel_app.models.byte_tokenizer import byte_tokenizer
 from basel_app.models.rebuild import rebuild_sharing_tensors
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("gguf", "hub", "random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OFFLINE_HINT = (
     "point the config at a local copy instead: model.path=/dir/with/the/model (a directory with config.json, "
@@ -56,7 +57,7 @@ class ModelSourceConfig(Protocol):
     seed: int
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(ConfigError):
     """The model config points at something that cannot be loaded; the message says how to fix it."""
 
 
@@ -75,8 +76,8 @@ class LoadedModel:
 def check_model_source(cfg: ModelSourceConfig) -> None:
     """Fail fast, with a fix in the message, if `cfg` cannot be loaded. Touches only the file system."""
     source = cfg.source
-    if source not in SOURCES:
-        raise ModelSourceError(f"model.source={source!r} is unknown; use one of {', '.join(SOURCES)}")
+    if source not in MODEL_SOURCES:
+        raise ModelSourceError(f"model.source={source!r} is unknown; use one of {', '.join(MODEL_SOURCES)}")
     if cfg.dtype not in DTYPES:
         raise ModelSourceError(f"model.dtype={cfg.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     if source == "gguf":

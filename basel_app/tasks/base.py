@@ -17,7 +17,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
-from basel_app.config.schema import ConfigError, TaskConfig
+from basel_app.config.errors import ConfigError
+from basel_app.config.schema import TaskConfig
 from basel_app.tasks.encoding import PLAIN_TEMPLATE, encode_example, prompt_ids
 from basel_app.tasks.records import (
     FieldSpec,

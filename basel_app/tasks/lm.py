@@ -36,7 +36,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from basel_app.config.schema import ConfigError, TaskConfig
+from basel_app.config.errors import ConfigError
+from basel_app.config.schema import TaskConfig
 from basel_app.tasks.base import Task
 from basel_app.tasks.encoding import _as_ids
 from basel_app.tasks.records import Record, TaskDataError, local_split_file

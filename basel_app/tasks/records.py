@@ -20,11 +20,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from basel_app.config.errors import ConfigError
+
 Record = dict[str, Any]
 FieldSpec = Mapping[str, type]
 
 
-class TaskDataError(ValueError):
+class TaskDataError(ConfigError):
     """A task's data cannot be read or is malformed; the message says where and how to fix it."""
 
 

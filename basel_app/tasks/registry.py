@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 from basel_app.config.names import TASK_NAMES
-from basel_app.config.schema import ConfigError, TaskConfig
+from basel_app.config.errors import ConfigError
+from basel_app.config.schema import TaskConfig
 
 if TYPE_CHECKING:
     from basel_app.tasks.base import Task

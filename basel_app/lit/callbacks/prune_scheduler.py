@@ -3,7 +3,7 @@ and drops, in every layer, the lowest-priority bases the size budget says must g
 7-15, with the budget and the criterion pluggable; see `SizeBudget.event_masks`).
 
 The number of events due is a pure function of the step (`pruning_events_due`), and the events done
-are callback state, so a run resumed from any checkpoint prunes exactly where the original would.
+(and the scorer's own state) are callback state, so a run resumed from any checkpoint prunes exactly where the original would.
 Lightning runs ModelCheckpoint after this callback, so a checkpoint never splits a step from its event.
 """
 
@@ -81,7 +81,8 @@ class PruneScheduler(Callback):
             layer.prune(mask.to(layer.keep_mask.device))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"events_done": self.events_done}
+        return {"events_done": self.events_done, "scorer": self.scorer.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.events_done = state_dict["events_done"]
+        self.scorer.load_state_dict(state_dict["scorer"])
