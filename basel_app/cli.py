@@ -19,9 +19,14 @@ class _DropLightningTips(logging.Filter):
         return not record.getMessage().startswith("💡 Tip")
 
 
+# Libraries that install their own console handler when imported (lightning's "INFO: ..." on the
+# `lightning` logger itself), on top of the root handler Hydra configures: each line would print twice.
+OWN_HANDLER_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics")
+
+
 def route_lightning_logs_through_hydra() -> None:
-    """Lightning installs its own console handlers; drop them so each line is printed once, by Hydra."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    """Drop the libraries' own console handlers so each line is printed once, by Hydra's root handler."""
+    for name in OWN_HANDLER_LOGGERS:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLightningTips())
