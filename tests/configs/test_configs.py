@@ -158,3 +158,15 @@ def test_cli_rejects_a_schedule_with_more_pruning_steps_than_iterations(tmp_path
     result = cli(tmp_path, "model=tiny_random", "method.pruning_times=1000")
     assert result.returncode == 2
     assert "method.pruning_times=1000 is more than the" in result.stdout + result.stderr
+
+
+def test_cli_prints_each_log_line_once(tmp_path):
+    """Lightning's own console handler is dropped: every line comes once, through Hydra's formatter."""
+    result = cli(tmp_path, "model=tiny_random", "task.max_train_samples=8", "task.max_eval_samples=4",
+                 "method.pruning_times=2", "method.post_finetune_epochs=0", "eval.enabled=false",
+                 "trainer.enable_progress_bar=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    messages = [line.split("] - ", 1)[1] for line in (result.stdout + result.stderr).splitlines() if "] - " in line]
+    assert any("Seed set to 0" in m for m in messages) and any("pruning event" in m for m in messages)
+    assert len(messages) == len(set(messages))
+    assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("INFO: ")]

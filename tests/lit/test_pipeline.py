@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 import basel_app
-from basel_app.lit.callbacks import PruneScheduler
+from basel_app import pipeline
 from basel_app.lit.module import CompressionModule
 from basel_app.lowrank import count_parameters
 from basel_app.pipeline import run
@@ -82,21 +82,21 @@ def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path,
     reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
 
     # 16 samples / batch 4 = 4 steps per epoch: keep phase steps 1-4, prune phase steps 5-12.
-    original_hook = PruneScheduler.on_train_batch_end
+    original_step = CompressionModule.training_step
 
-    def crash_at_step_7(self, trainer, *args):
-        original_hook(self, trainer, *args)
-        if trainer.global_step == 7:
+    def crash_after_step_7(self, batch, batch_idx):
+        if self.trainer.global_step == 7:
             raise RuntimeError("simulated crash")
+        return original_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(PruneScheduler, "on_train_batch_end", crash_at_step_7)
+    monkeypatch.setattr(CompressionModule, "training_step", crash_after_step_7)
     out = tmp_path / "interrupted"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_config(compose_config, out, *overrides))
     assert (out / "checkpoints" / "compress" / "last.ckpt").exists()
     assert not (out / "metrics.json").exists()
 
-    monkeypatch.setattr(PruneScheduler, "on_train_batch_end", original_hook)
+    monkeypatch.setattr(CompressionModule, "training_step", original_step)
     resumed = run(tiny_config(compose_config, out, *overrides))
     assert resumed["ranks"] == reference["ranks"]
     assert resumed["params_compressed"] == reference["params_compressed"]
@@ -104,6 +104,36 @@ def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path,
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
     logits = [basel_app.load_compressed(d / "compressed_model")[0](ids).logits for d in (tmp_path / "uninterrupted", out)]
     torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_a_run_killed_between_recomposition_and_saving_resumes_exactly(compose_config, tmp_path, monkeypatch):
+    """Stage 1 returns its result and run() saves it: a crash in between refits from the last stage-1
+    checkpoint (nothing left to train), recomposes again and ends where an uninterrupted run ends."""
+    overrides = ("method.post_finetune_epochs=0", "eval.enabled=false")
+    reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
+
+    original_save = pipeline.save_compressed
+
+    def crash_saving_the_boundary(model, tokenizer, path, *args, **kwargs):
+        if path.name == "recomposed":
+            raise RuntimeError("simulated crash")
+        return original_save(model, tokenizer, path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "save_compressed", crash_saving_the_boundary)
+    out = tmp_path / "interrupted"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny_config(compose_config, out, *overrides))
+    assert (out / "checkpoints" / "compress" / "last.ckpt").exists()
+    assert not (out / "checkpoints" / "recomposed").exists()
+
+    monkeypatch.setattr(pipeline, "save_compressed", original_save)
+    resumed = run(tiny_config(compose_config, out, *overrides))
+    assert resumed["ranks"] == reference["ranks"]
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    logits = [basel_app.load_compressed(d / "compressed_model")[0](ids).logits for d in (tmp_path / "uninterrupted", out)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+    spectra = [json.loads((d / "spectra.json").read_text()) for d in (tmp_path / "uninterrupted", out)]
+    assert spectra[0] == spectra[1]
 
 
 def test_wandb_logs_spectra_offline_without_an_account(compose_config, tmp_path, monkeypatch):
