@@ -88,8 +88,8 @@ class SizeBudget:
 
 
 def fixed_parameters(model: nn.Module, targets: dict[str, nn.Linear]) -> int:
-    """Parameters outside the targeted weights (tied tensors once). Call it after the targets were chosen
-    by `find_target_linears`, which unties a targeted tied head: the embedding then stays and counts here."""
+    """Parameters outside the targeted weights (tied tensors once). Call it after `untie_from_embedding`: a
+    targeted tied head then has its own weight, and the embedding stays and counts here."""
     target_ids = {id(layer.weight) for layer in targets.values()}
     unique = {id(p): p.numel() for p in model.parameters() if id(p) not in target_ids}
     return sum(unique.values())

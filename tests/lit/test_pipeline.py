@@ -36,6 +36,18 @@ def tiny_config(compose_config, out, *overrides):
     return OmegaConf.to_object(compose_config(*TINY, *overrides, output_dir=str(out)))
 
 
+def crash_in_training_step(monkeypatch, at_step: int, lr: float | None = None) -> None:
+    """Make the training step at `at_step` raise (only in the stage trained at `lr`, if given)."""
+    original_step = CompressionModule.training_step
+
+    def crash(self, batch, batch_idx):
+        if self.trainer.global_step == at_step and lr in (None, self.lr):
+            raise RuntimeError("simulated crash")
+        return original_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CompressionModule, "training_step", crash)
+
+
 def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
     start = time.monotonic()
     metrics = run(tiny_config(compose_config, tmp_path))
@@ -82,21 +94,14 @@ def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path,
     reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
 
     # 16 samples / batch 4 = 4 steps per epoch: keep phase steps 1-4, prune phase steps 5-12.
-    original_step = CompressionModule.training_step
-
-    def crash_after_step_7(self, batch, batch_idx):
-        if self.trainer.global_step == 7:
-            raise RuntimeError("simulated crash")
-        return original_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(CompressionModule, "training_step", crash_after_step_7)
+    crash_in_training_step(monkeypatch, at_step=7)
     out = tmp_path / "interrupted"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_config(compose_config, out, *overrides))
     assert (out / "checkpoints" / "compress" / "last.ckpt").exists()
     assert not (out / "metrics.json").exists()
 
-    monkeypatch.setattr(CompressionModule, "training_step", original_step)
+    monkeypatch.undo()
     resumed = run(tiny_config(compose_config, out, *overrides))
     assert resumed["ranks"] == reference["ranks"]
     assert resumed["params_compressed"] == reference["params_compressed"]
@@ -151,21 +156,14 @@ def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compos
     overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_lr=3e-4")
     reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
 
-    original_step = CompressionModule.training_step
-
-    def crash_in_stage_2(self, batch, batch_idx):
-        if self.lr == 3e-4 and self.trainer.global_step == 3:
-            raise RuntimeError("simulated crash")
-        return original_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(CompressionModule, "training_step", crash_in_stage_2)
+    crash_in_training_step(monkeypatch, at_step=3, lr=3e-4)  # stage 2's learning rate
     out = tmp_path / "interrupted"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_config(compose_config, out, *overrides))
     assert (out / "checkpoints" / "recomposed" / "config.json").exists()
     assert (out / "checkpoints" / "post_finetune" / "last.ckpt").exists()
 
-    monkeypatch.setattr(CompressionModule, "training_step", original_step)
+    monkeypatch.undo()
     reparameterize_calls = []
     monkeypatch.setattr("basel_app.pipeline.reparameterize", lambda *a, **k: reparameterize_calls.append(1))
     resumed = run(tiny_config(compose_config, out, *overrides))

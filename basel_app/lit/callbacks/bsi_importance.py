@@ -21,7 +21,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch import Callback
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from basel_app.lowrank import basel_layers
@@ -36,7 +35,7 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class BSIImportance(Callback):
+class BSIImportance:
     name = "taylor"
 
     def __init__(
