@@ -44,6 +44,8 @@ ABLATION_METHODS = {
 MODEL_SOURCES = ("gguf", "hub", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("wandb", "csv")
+# Lightning's precision names, plus `auto`: bf16-mixed where the hardware computes in bf16, else 32-true.
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 POST_FINETUNE_PARAMS = ("all", "lowrank")
 # Every linear layer of a Llama decoder plus the output head (METHODS.md, "Which layers").
@@ -240,7 +242,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"  # auto: bf16-mixed on CPUs with AVX512-bf16/AMX and bf16 GPUs, else 32-true
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 1.0
     log_every_n_steps: int = 1
@@ -248,6 +250,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        _one_of("trainer.precision", self.precision, PRECISIONS)
         _require(
             self.accumulate_grad_batches >= 1,
             f"trainer.accumulate_grad_batches={self.accumulate_grad_batches} is not allowed; it must be >= 1",
