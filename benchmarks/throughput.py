@@ -85,20 +85,24 @@ def worker(args: argparse.Namespace) -> None:
     reparameterize(model, TARGETS, additional_dim=16)
     result = {"precision": precision, "tokens_per_step": ids.numel(), "threads": torch.get_num_threads()}
 
-    result["keep"] = time_steps(model, reparameterized_parameters(model), batch, args.steps, args.warmup, precision)
+    phases = args.phases.split(",")
+    if "keep" in phases:
+        result["keep"] = time_steps(model, reparameterized_parameters(model), batch, args.steps, args.warmup, precision)
     for layer in lowrank_layers(model).values():
         s = layer.singular_values.detach().abs()
         layer.prune(s >= s.median())
-    result["prune"] = time_steps(model, reparameterized_parameters(model), batch, args.steps, args.warmup, precision)
-    recompose_model(model)
-    result["post_finetune"] = time_steps(model, all_parameters(model), batch, args.steps, args.warmup, precision)
+    if "prune" in phases:
+        result["prune"] = time_steps(model, reparameterized_parameters(model), batch, args.steps, args.warmup, precision)
+    if "post_finetune" in phases:
+        recompose_model(model)
+        result["post_finetune"] = time_steps(model, all_parameters(model), batch, args.steps, args.warmup, precision)
     print("RESULT " + json.dumps(result), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- driver
 def run_worker(tree: Path, args: argparse.Namespace) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--batch", str(args.batch), "--tokens", str(args.tokens)]
+               "--warmup", str(args.warmup), "--phases", args.phases, "--batch", str(args.batch), "--tokens", str(args.tokens)]
     if args.precision:
         command += ["--precision", args.precision]
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -118,7 +122,7 @@ def report(runs: dict[str, list[dict]], baseline: str) -> str:
         f"| phase | {baseline} s/step | current s/step | {baseline} tokens/s | current tokens/s | speed-up |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for phase in PHASES:
+    for phase in [p for p in PHASES if p in runs["current"][0]]:
         old = statistics.median(t for run in runs["baseline"] for t in run[phase])
         new = statistics.median(t for run in runs["current"] for t in run[phase])
         rows.append(f"| {phase} | {old:.2f} | {new:.2f} | {tokens / old:.0f} | {tokens / new:.0f} | {old / new:.2f}× |")
@@ -133,6 +137,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=256, help="sequence length")
+    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ", ".join(PHASES))
     parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), help="force one precision for both trees")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -148,7 +153,7 @@ def main() -> None:
             for name, tree in trees.items():
                 runs[name].append(run_worker(tree, args))
                 print(f"round {round_ + 1} {name}: " + ", ".join(
-                    f"{p} {statistics.median(runs[name][-1][p]):.2f} s" for p in PHASES), flush=True)
+                    f"{p} {statistics.median(runs[name][-1][p]):.2f} s" for p in PHASES if p in runs[name][-1]), flush=True)
     print(report(runs, args.baseline))
 
 
