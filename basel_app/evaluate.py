@@ -44,12 +44,16 @@ def evaluate_on_task(
     logger: Logger | None,
     out: Path,
 ) -> dict[str, Any]:
-    """Teacher-forced answer loss/perplexity on the task's held-out items, and the task's benchmarks."""
+    """Teacher-forced answer loss/perplexity on the task's held-out items, and the task's benchmarks.
+
+    Both run under the trainer's precision (bf16 autocast with bf16-mixed); losses and log-probabilities
+    are computed from the logits in float32 or wider.
+    """
     if not eval_cfg.enabled:
         return {}
     start = time.perf_counter()
-    (result,) = build_eval_trainer(trainer_cfg, logger, out).validate(AnswerLossModule(model), datamodule=datamodule,
-                                                                      verbose=False)
+    trainer = build_eval_trainer(trainer_cfg, logger, out)
+    (result,) = trainer.validate(AnswerLossModule(model), datamodule=datamodule, verbose=False)
     settings = BenchmarkSettings(
         limit=eval_cfg.limit, batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens,
         context_length=eval_cfg.context_length, stride=eval_cfg.stride, code_timeout_s=eval_cfg.code_timeout_s,
@@ -60,7 +64,9 @@ def evaluate_on_task(
         "answer_ppl": result["eval/answer_ppl"],
         "answer_tokens": int(result["eval/answer_tokens"]),
         "items": len(datamodule.eval_dataset),
-        "benchmarks": run_benchmarks(model, tokenizer, benchmark_names(eval_cfg, datamodule.task.name), settings),
+        "precision": trainer.precision,
+        "benchmarks": run_benchmarks(model, tokenizer, benchmark_names(eval_cfg, datamodule.task.name), settings,
+                                     trainer.precision_plugin.forward_context),
         "seconds": round(time.perf_counter() - start, 2),
     }
 

@@ -48,7 +48,7 @@ from basel_app.lit.callbacks import (
 from basel_app.lit.callbacks.keep_phase import kept_singular_values
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
-from basel_app.lit.trainer import build_logger, build_trainer
+from basel_app.lit.trainer import build_logger, build_trainer, resolve_precision
 from basel_app.lowrank import (
     compression_ratio,
     count_parameters,
@@ -114,6 +114,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed)
     datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
+    log.info("precision: %s (trainer.precision=%s)", resolve_precision(cfg.trainer), cfg.trainer.precision)
     clock.split("checks")
 
     # 2. The input model; the exact plan once tokenization has dropped any over-long examples; the targets.
@@ -203,6 +204,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "eval": evaluation,
         "phase_plan": asdict(plan) if plan else None,
         "wall_time_s": clock.seconds,
+        "precision": resolve_precision(cfg.trainer),
         "config": asdict(cfg),
     }
     atomic_write_json(out / "metrics.json", metrics)

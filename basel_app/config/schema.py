@@ -26,6 +26,7 @@ from basel_app.config.names import (
     METHODS,
     MODEL_SOURCES,
     POST_FINETUNE_PARAMS,
+    PRECISIONS,
     PRUNING_METHODS,
     SCORE_VARIANTS,
     TASK_SOURCES,
@@ -224,7 +225,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"  # auto: bf16-mixed on CPUs with AVX512-bf16/AMX and bf16 GPUs, else 32-true
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 1.0
     log_every_n_steps: int = 1
@@ -232,6 +233,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        _one_of("trainer.precision", self.precision, PRECISIONS)
         _require(
             self.accumulate_grad_batches >= 1,
             f"trainer.accumulate_grad_batches={self.accumulate_grad_batches} is not allowed; it must be >= 1",

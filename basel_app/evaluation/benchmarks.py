@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -139,14 +140,19 @@ TASK_BENCHMARKS: dict[str, tuple[str, ...]] = {
 }
 
 
-def run_benchmarks(model: nn.Module, tokenizer: Any, names: list[str], settings: BenchmarkSettings
-                   ) -> dict[str, Any]:
-    """Each named benchmark on `model` (eval mode, no grad); results carry the settings that produced them."""
+def run_benchmarks(model: nn.Module, tokenizer: Any, names: list[str], settings: BenchmarkSettings,
+                   forward_context: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, Any]:
+    """Each named benchmark on `model` (eval mode, no grad); results carry the settings that produced them.
+
+    Every forward runs inside `forward_context()`, e.g. the trainer's bf16 autocast, so a benchmark sees the
+    model at the precision it was trained at.
+    """
     results: dict[str, Any] = {}
     with eval_mode(model):
         for name in names:
             start = time.perf_counter()
             log.info("benchmark %s (limit %s, batch size %d)", name, settings.limit, settings.batch_size)
-            results[name] = {**BENCHMARKS[name](model, tokenizer, settings),
-                             "settings": asdict(settings), "seconds": round(time.perf_counter() - start, 2)}
+            with forward_context():
+                result = BENCHMARKS[name](model, tokenizer, settings)
+            results[name] = {**result, "settings": asdict(settings), "seconds": round(time.perf_counter() - start, 2)}
     return results

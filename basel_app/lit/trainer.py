@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
@@ -19,6 +20,29 @@ log = logging.getLogger(__name__)
 # The data module restores the sampler's position itself (TaskDataModule.load_state_dict), so
 # Lightning's warning about resuming mid-epoch with a non-stateful loader does not apply.
 warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+
+
+def hardware_has_bf16(accelerator: str) -> bool:
+    """Whether `accelerator` computes bf16 matmuls natively: AVX512-bf16 or AMX on CPUs, bf16 support on GPUs.
+
+    Other accelerators (mps, tpu, ...) are not probed and answer False.
+    """
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if accelerator in ("cpu", "auto"):
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_precision(cfg: TrainerConfig) -> str:
+    """`trainer.precision` as Lightning takes it: `auto` becomes bf16-mixed where the hardware has bf16, else 32-true.
+
+    bf16-mixed autocasts the matmuls to bf16 and keeps the parameters (s̃ included) and their optimizer state
+    in float32; on SmolLM2 a CPU training step is ~1.7x faster (docs/BENCHMARKS.md, "Throughput").
+    """
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16-mixed" if hardware_has_bf16(cfg.accelerator) else "32-true"
 
 
 def wandb_mode(configured: str) -> str:
@@ -85,7 +109,7 @@ def _shared_trainer_args(cfg: TrainerConfig, logger: Logger | None, root_dir: Pa
         "accelerator": cfg.accelerator,
         "devices": cfg.devices,
         "strategy": cfg.strategy,
-        "precision": cfg.precision,
+        "precision": resolve_precision(cfg),
         "enable_progress_bar": cfg.enable_progress_bar,
         "enable_model_summary": False,
         "logger": logger if logger is not None else False,

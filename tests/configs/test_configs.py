@@ -94,6 +94,7 @@ def test_ablations_compose_with_method(compose_config):
         ("model.path=/does/not/exist", "model.path='/does/not/exist' does not exist"),
         ("model.dtype=int3", "model.dtype='int3' is not allowed"),
         ("logger.name=tensorboard", "logger.name='tensorboard' is not allowed"),
+        ("trainer.precision=bf17", "trainer.precision='bf17' is not allowed; choose one of: auto, 32-true"),
     ],
 )
 def test_bad_values_name_the_value_and_what_is_allowed(compose_config, override, expected):

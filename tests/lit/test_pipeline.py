@@ -12,7 +12,9 @@ from transformers import AutoModelForCausalLM
 
 import basel_app
 from basel_app import pipeline
+from basel_app.config.schema import TrainerConfig
 from basel_app.lit.module import CompressionModule
+from basel_app.lit.trainer import resolve_precision
 from basel_app.lowrank import count_parameters
 from basel_app.pipeline import run
 
@@ -58,6 +60,7 @@ def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
                 "size_bytes_compressed", "ranks", "eval", "wall_time_s"):
         assert key in saved, key
     assert saved["method"] == "basel"
+    assert saved["precision"] == resolve_precision(TrainerConfig()) == saved["eval"]["before"]["precision"]
     assert set(saved["eval"]) == {"before", "after"}
     for when in ("before", "after"):  # the task's benchmarks ran on the scale=cpu limit of 8 items
         assert saved["eval"][when]["benchmarks"]["gsm8k"]["n"] == 8

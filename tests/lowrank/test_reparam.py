@@ -167,3 +167,27 @@ def test_half_precision_layer_keeps_its_dtype(gen):
     assert {p.dtype for p in layer.parameters()} == {torch.bfloat16}
     x = torch.randn(3, 80, generator=gen).to(torch.bfloat16)
     assert rel_err(layer(x), linear(x)) < 2e-2  # bf16 has ~3 significant digits
+
+
+@pytest.mark.parametrize("free_bases", [False, True])
+@pytest.mark.parametrize(("n", "m"), SHAPES)
+def test_both_paths_give_the_autograd_reference_gradients(n, m, free_bases, gen):
+    """Gradients w.r.t. s̃, Ũ, Ṽ (and U, V when free) of both paths equal those of W̃ = A Bᵀ with A, B from
+    `thin_factors` (autograd through the plain product) on fresh inputs; masked bases get exactly zero."""
+    layer = BaselLinear.from_linear(make_linear(n, m, True, gen), additional_dim=8, free_bases=free_bases,
+                                    generator=gen)
+    perturb_as_if_trained(layer, gen, prune_to=min(n, m) // 2)
+    x = torch.randn(2, 9, m, generator=gen)
+    g = torch.randn(2, 9, n, generator=gen)
+    layer.zero_grad(set_to_none=True)
+    a, b = layer.thin_factors()
+    ((x @ b) @ a.T + layer.bias).mul(g).sum().backward()
+    reference = {name: p.grad.clone() for name, p in layer.named_parameters() if p.requires_grad}
+    dropped = ~layer.keep_mask
+    for path in PATHS:
+        layer.zero_grad(set_to_none=True)
+        layer(x, path=path).mul(g).sum().backward()
+        for name, p in layer.named_parameters():
+            if p.requires_grad:
+                assert rel_err(p.grad, reference[name]) < REL_TOL, (path, name)
+        assert torch.count_nonzero(layer.singular_values.grad[dropped]) == 0
