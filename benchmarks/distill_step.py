@@ -4,7 +4,7 @@ One training step = forward, loss, backward and an AdamW step of every parameter
 does), on `--batch` examples of at most 256 tokens (the CPU profile). The two variants alternate, so a
 machine whose load drifts slows both alike; the median of `--steps` timings of each is printed.
 
-    .venv/bin/python benchmarks/distill_step.py --steps 5
+    .venv/bin/python benchmarks/distill_step.py --steps 3
 """
 
 from __future__ import annotations
