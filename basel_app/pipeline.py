@@ -16,6 +16,7 @@ what produced it; within a stage, a run dir that holds checkpoints is resumed fr
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -62,6 +63,7 @@ from basel_app.lowrank import (
     untie_from_embedding,
 )
 from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budget
+from basel_app.methods.distillation import Distillation
 from basel_app.methods.one_shot import factorize_layers, truncate_layers
 from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
 
@@ -101,6 +103,7 @@ class RunContext:
     spectra: SpectraRecord
     clock: PhaseClock
     out: Path
+    distill: Distillation | None = None  # the teacher of stages 1 and 2 (method.distill.alpha > 0)
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -150,6 +153,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
             shutil.rmtree(checkpoints / "pre_finetune", ignore_errors=True)
         clock.split("pre_finetune")
+    if cfg.method.distill.alpha > 0:
+        # The teacher is the model stage 1 starts from; a resumed run rebuilds it from the same source.
+        resumed_past_stage_0 = cfg.method.pre_finetune_epochs > 0 and boundary.is_dir()
+        teacher = load_compressed(pretuned)[0] if resumed_past_stage_0 else copy.deepcopy(model)
+        ctx.distill = Distillation(teacher, cfg.method.distill.alpha, cfg.method.distill.temperature)
 
     # 4. Stage 1: keep + prune + recompose (or a one-shot truncation), then its result is saved as the stage
     # boundary, unless an earlier attempt got that far.
@@ -171,7 +179,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     # 5. Stage 2: post-fine-tune the compressed model.
     if cfg.method.post_finetune_epochs > 0:
         finetune(ctx, model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
-                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune")
+                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune", ctx.distill)
         clock.split("post_finetune")
 
     # 6. Evaluate and write the results.
@@ -222,10 +230,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
 def finetune(
     ctx: RunContext, model: nn.Module, select: Callable[[nn.Module], list[nn.Parameter]], lr: float, epochs: int,
-    stage_dir: Path,
+    stage_dir: Path, distill: Distillation | None = None,
 ) -> None:
-    """Plain task fine-tuning of the `select`ed parameters, in place, resumable from `stage_dir` (stages 0 and 2)."""
-    module = CompressionModule(model, select, lr, ctx.cfg.method.weight_decay)
+    """Task fine-tuning of the `select`ed parameters, in place, resumable from `stage_dir` (stages 0 and 2;
+    stage 2 distils from `distill`'s teacher when given)."""
+    module = CompressionModule(model, select, lr, ctx.cfg.method.weight_decay, distill)
     trainer = build_trainer(ctx.cfg.trainer, max_epochs=epochs, logger=ctx.logger, callbacks=[],
                             checkpoint_dir=stage_dir, root_dir=ctx.out)
     model.train()
@@ -278,7 +287,7 @@ def compress(
     ctx.clock.split("decompose")
     stage_dir = ctx.out / "checkpoints" / "compress"
     scorer = build_scorer(method, cfg.seed)
-    module = CompressionModule(model, reparameterized_parameters, method.lr, method.weight_decay)
+    module = CompressionModule(model, reparameterized_parameters, method.lr, method.weight_decay, ctx.distill)
     callbacks = [
         spectra,
         KeepPhase(method.keeping_epochs, spectra, ctx.clock),

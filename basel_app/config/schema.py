@@ -136,6 +136,20 @@ class ImportanceConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation from the input model in the keep, prune and post-fine-tuning phases (every method):
+    loss = (1 − alpha)·CE + alpha·temperature²·KL(teacher ‖ student) on the response tokens."""
+
+    alpha: float = 0.0  # weight of the KL term; 0: plain CE and no teacher in memory
+    temperature: float = 1.0  # softens both distributions; higher spreads weight over the teacher's runners-up
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.alpha <= 1.0, f"method.distill.alpha={self.alpha} is not allowed; it must be in [0, 1]")
+        _require(self.temperature > 0,
+                 f"method.distill.temperature={self.temperature} is not allowed; it must be > 0")
+
+
+@dataclass
 class MethodConfig:
     """The compression method (METHODS.md), its size budget, and the optimiser of each phase.
 
@@ -167,6 +181,7 @@ class MethodConfig:
     post_finetune_lr: float = 2e-5
     weight_decay: float = 0.0  # decay would shrink s̃ and bias the magnitude criterion
     post_finetune_params: str = "all"  # all | lowrank (only the thin factors)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # teacher: the model stage 1 starts from
 
     @property
     def is_pruning(self) -> bool:

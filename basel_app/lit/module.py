@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import SumMetric
 
 from basel_app.lowrank import set_trainable
+from basel_app.methods.distillation import Distillation
 
 TrainableSelector = Callable[[nn.Module], list[nn.Parameter]]
 
@@ -52,16 +53,33 @@ class AnswerLossModule(L.LightningModule):
 
 
 class CompressionModule(AnswerLossModule):
-    """The same LM trained on the task's answer loss; `select_trainable` names what trains."""
+    """The same LM trained on the task's answer loss; `select_trainable` names what trains.
 
-    def __init__(self, model: nn.Module, select_trainable: TrainableSelector, lr: float, weight_decay: float) -> None:
+    With `distill`, the training loss mixes in the KL to a frozen teacher's distribution; the teacher is
+    held outside the module tree, so it is in no checkpoint and no optimizer, and stays in eval mode."""
+
+    def __init__(
+        self, model: nn.Module, select_trainable: TrainableSelector, lr: float, weight_decay: float,
+        distill: Distillation | None = None,
+    ) -> None:
         super().__init__(model)
         self.select_trainable = select_trainable
         self.lr, self.weight_decay = lr, weight_decay
+        self.distill = distill
+
+    def on_fit_start(self) -> None:
+        if self.distill is not None:  # Lightning moves only registered modules to the device
+            self.distill.teacher.to(self.device)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss  # mean NLL over the answer tokens of the batch
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        out = self.model(**batch)
+        loss = out.loss  # mean NLL over the answer tokens of the batch
+        batch_size = batch["input_ids"].shape[0]
+        if self.distill is not None:
+            self.log("train/ce", loss, batch_size=batch_size)
+            loss, kl = self.distill.loss(loss, out.logits, batch)
+            self.log("train/distill_kl", kl, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -95,6 +95,9 @@ def test_ablations_compose_with_method(compose_config):
         ("model.dtype=int3", "model.dtype='int3' is not allowed"),
         ("logger.name=tensorboard", "logger.name='tensorboard' is not allowed"),
         ("trainer.precision=bf17", "trainer.precision='bf17' is not allowed; choose one of: auto, 32-true"),
+        ("method.distill.alpha=1.5", "method.distill.alpha=1.5 is not allowed; it must be in [0, 1]"),
+        ("method=svd method.distill.alpha=-0.1", "method.distill.alpha=-0.1 is not allowed"),
+        ("method.distill.temperature=0", "method.distill.temperature=0.0 is not allowed; it must be > 0"),
     ],
 )
 def test_bad_values_name_the_value_and_what_is_allowed(compose_config, override, expected):

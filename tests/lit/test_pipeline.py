@@ -155,8 +155,14 @@ def test_wandb_logs_spectra_offline_without_an_account(compose_config, tmp_path,
     assert {"decomposition", "relearned", "pruned", "recomposed", "ranks"} <= tables
 
 
-def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compose_config, tmp_path, monkeypatch):
-    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_lr=3e-4")
+@pytest.mark.parametrize(
+    "extra",
+    [(),  # the teacher of a distilling run after stage 0 is the stage-0 model, reloaded on resume
+     ("method.distill.alpha=0.5", "method.pre_finetune_epochs=1", "method.pre_finetune_lr=1e-3")],
+    ids=["plain", "distill_after_stage_0"],
+)
+def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compose_config, tmp_path, monkeypatch, extra):
+    overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_lr=3e-4", *extra)
     reference = run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
 
     crash_in_training_step(monkeypatch, at_step=3, lr=3e-4)  # stage 2's learning rate
