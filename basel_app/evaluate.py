@@ -22,6 +22,7 @@ from torch import nn
 from basel_app.cli import run_validated
 from basel_app.config.schema import ConfigError, EvalConfig, EvaluateConfig, ModelConfig, TrainerConfig, register_schema
 from basel_app.data import TaskDataModule
+from basel_app.evaluation.answer_loss import answer_loss
 from basel_app.evaluation.benchmarks import TASK_BENCHMARKS, BenchmarkSettings, run_benchmarks
 from basel_app.files import atomic_write_json
 from basel_app.lit.module import CompressionModule
@@ -44,7 +45,8 @@ def evaluate_on_task(
     logger: Logger | None,
     out: Path,
 ) -> dict[str, Any]:
-    """Teacher-forced answer loss/perplexity on the task's held-out items, and the task's benchmarks."""
+    """Teacher-forced answer loss/perplexity on the task's held-out items and on its validation split (if
+    any), and the task's benchmarks."""
     if not eval_cfg.enabled:
         return {}
     start = time.perf_counter()
@@ -53,13 +55,16 @@ def evaluate_on_task(
     settings = BenchmarkSettings(
         limit=eval_cfg.limit, batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens,
         context_length=eval_cfg.context_length, stride=eval_cfg.stride, code_timeout_s=eval_cfg.code_timeout_s,
-        system_prompt=datamodule.task.system_prompt,
+        system_prompt=datamodule.task.system_prompt, max_length=datamodule.max_length,
     )
+    validation = datamodule.validation_dataset
     return {
         "answer_loss": result["eval/answer_loss"],
         "answer_ppl": result["eval/answer_ppl"],
         "answer_tokens": int(result["eval/answer_tokens"]),
         "items": len(datamodule.eval_dataset),
+        # The loss on training records held out for choosing settings (task.validation_samples).
+        "validation": answer_loss(model, tokenizer, validation.items, datamodule.eval_batch_size) if validation is not None else None,
         "benchmarks": run_benchmarks(model, tokenizer, benchmark_names(eval_cfg, datamodule.task.name), settings),
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -68,6 +73,8 @@ def evaluate_on_task(
 def headline_numbers(evaluation: dict[str, Any], prefix: str) -> dict[str, float]:
     """The scalar results (loss, accuracies, pass@1, perplexity) flattened for a logger."""
     numbers = {f"{prefix}/{k}": float(v) for k, v in evaluation.items() if k.startswith("answer_")}
+    if evaluation.get("validation"):
+        numbers[f"{prefix}/validation_loss"] = float(evaluation["validation"]["answer_loss"])
     for name, result in evaluation.get("benchmarks", {}).items():
         numbers.update({f"{prefix}/{name}/{k}": float(v) for k, v in result.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})

@@ -5,7 +5,8 @@
 2. Load the input model, resolve the size budget against it (an impossible one fails here), evaluate.
 3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
 4. Stage 1 — Basel/BSI: one `Trainer.fit` of reparameterize (Eq. 3), keep phase, prune phase,
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate.
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate. The dense
+   reference (`method=finetune`) skips it.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
 6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
 
@@ -18,7 +19,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         model, _ = load_compressed(boundary)
         ctx.spectra.stages = json.loads((out / "spectra.json").read_text())
         stage1 = read_metadata(boundary)
+    elif not cfg.method.compresses:  # the dense reference (method=finetune): straight to post-fine-tuning
+        stage1 = {"recomposed_ranks": {}}
     elif cfg.method.is_pruning:
         model, stage1 = compress(ctx, model, plan, budget)
     else:
@@ -228,7 +231,7 @@ def target_linears(cfg: RunConfig, model: nn.Module) -> dict[str, nn.Linear]:
 def model_budget(cfg: RunConfig, model: nn.Module, original_params: int) -> SizeBudget:
     """The size budget checked against the loaded model, before any decomposition (a ConfigError if no
     allocation can meet it). Choosing the targets unties a targeted tied head, as compression will."""
-    method = cfg.method
+    method = cfg.method if cfg.method.compresses else replace(cfg.method, keep_ratio=1.0)  # dense: keeps all
     targets = target_linears(cfg, model)
     extra = method.additional_dim if method.is_pruning else 0
     try:

@@ -16,6 +16,7 @@ Where records come from (``Task.source``):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from basel_app.tasks.encoding import PLAIN_TEMPLATE, encode_example, prompt_ids
@@ -53,6 +54,13 @@ class Task(ABC):
                 f"task.train_split and task.eval_split are both {self.train_split!r}; training on the "
                 "evaluation split would inflate every score. Name two different splits."
             )
+
+    @classmethod
+    def packaged(cls, system_prompt: str | None = None) -> Task:
+        """The task on its packaged copy with the standard splits — for benchmarks, which have no task config."""
+        cfg = SimpleNamespace(name=cls.name, source="packaged", data_dir=None, hub_id=None, hub_config=None,
+                              train_split="train", eval_split="test", system_prompt=system_prompt)
+        return cls(cfg)
 
     def _resolve_source(self, cfg: Any) -> str:
         data_dir = getattr(cfg, "data_dir", None)

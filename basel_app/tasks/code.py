@@ -36,7 +36,6 @@ same. See :mod:`basel_app.tasks.base` for how the source is chosen.
 from __future__ import annotations
 
 from importlib import resources
-from types import SimpleNamespace
 
 from basel_app.tasks.base import Task
 from basel_app.tasks.records import Record, TaskDataError, read_jsonl
@@ -75,21 +74,6 @@ class CodeTask(Task):
     name = "code"
     fields = {"task_id": int, "text": str, "code": str, "test_list": list, "test_setup_code": str}
     resource_dir = RESOURCE_DIR
-
-    @classmethod
-    def packaged(cls, system_prompt: str | None = None) -> CodeTask:
-        """The task on the packaged MBPP copy with the standard splits — for benchmarks, which have no task config."""
-        cfg = SimpleNamespace(
-            name=cls.name,
-            source="packaged",
-            data_dir=None,
-            hub_id=None,
-            hub_config=None,
-            train_split="train",
-            eval_split="test",
-            system_prompt=system_prompt,
-        )
-        return cls(cfg)
 
     def read_split(self, split: str) -> list[Record]:
         """The packaged copy is one file, so a split is selected by its id range; other sources read per split."""
