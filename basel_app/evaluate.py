@@ -57,14 +57,15 @@ def evaluate_on_task(
         context_length=eval_cfg.context_length, stride=eval_cfg.stride, code_timeout_s=eval_cfg.code_timeout_s,
         system_prompt=datamodule.task.system_prompt, max_length=datamodule.max_length,
     )
-    validation = datamodule.validation_dataset
+    # The loss on training records held out for choosing settings (task.validation_samples).
+    held_out = datamodule.validation_dataset
+    validation = None if held_out is None else answer_loss(model, tokenizer, held_out.items, datamodule.eval_batch_size)
     return {
         "answer_loss": result["eval/answer_loss"],
         "answer_ppl": result["eval/answer_ppl"],
         "answer_tokens": int(result["eval/answer_tokens"]),
         "items": len(datamodule.eval_dataset),
-        # The loss on training records held out for choosing settings (task.validation_samples).
-        "validation": answer_loss(model, tokenizer, validation.items, datamodule.eval_batch_size) if validation is not None else None,
+        "validation": validation,
         "benchmarks": run_benchmarks(model, tokenizer, benchmark_names(eval_cfg, datamodule.task.name), settings),
         "seconds": round(time.perf_counter() - start, 2),
     }
