@@ -22,6 +22,7 @@ from torch import nn
 from basel_app.cli import run_validated
 from basel_app.config.schema import EvalConfig, EvaluateConfig, ModelConfig, TrainerConfig, register_schema
 from basel_app.data import TaskDataModule
+from basel_app.evaluation.answer_loss import answer_loss
 from basel_app.evaluation.benchmarks import TASK_BENCHMARKS, BenchmarkSettings, run_benchmarks
 from basel_app.files import atomic_write_json
 from basel_app.lit.module import AnswerLossModule
@@ -44,9 +45,10 @@ def evaluate_on_task(
     logger: Logger | None,
     out: Path,
 ) -> dict[str, Any]:
-    """Teacher-forced answer loss/perplexity on the task's held-out items, and the task's benchmarks.
+    """Teacher-forced answer loss/perplexity on the task's held-out items and on its validation split (if
+    any), and the task's benchmarks.
 
-    Both run under the trainer's precision (bf16 autocast with bf16-mixed); losses and log-probabilities
+    All of it runs under the trainer's precision (bf16 autocast with bf16-mixed); losses and log-probabilities
     are computed from the logits in float32 or wider.
     """
     if not eval_cfg.enabled:
@@ -57,14 +59,20 @@ def evaluate_on_task(
     settings = BenchmarkSettings(
         limit=eval_cfg.limit, batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens,
         context_length=eval_cfg.context_length, stride=eval_cfg.stride, code_timeout_s=eval_cfg.code_timeout_s,
-        system_prompt=datamodule.task.system_prompt,
+        system_prompt=datamodule.task.system_prompt, max_length=datamodule.max_length,
     )
+    # The loss on training records held out for choosing settings (task.validation_samples).
+    held_out = datamodule.validation_dataset
+    with trainer.precision_plugin.forward_context():
+        validation = None if held_out is None else answer_loss(model, tokenizer, held_out.items,
+                                                               datamodule.eval_batch_size)
     return {
         "answer_loss": result["eval/answer_loss"],
         "answer_ppl": result["eval/answer_ppl"],
         "answer_tokens": int(result["eval/answer_tokens"]),
         "items": len(datamodule.eval_dataset),
         "precision": trainer.precision,
+        "validation": validation,
         "benchmarks": run_benchmarks(model, tokenizer, benchmark_names(eval_cfg, datamodule.task.name), settings,
                                      trainer.precision_plugin.forward_context),
         "seconds": round(time.perf_counter() - start, 2),
@@ -74,6 +82,8 @@ def evaluate_on_task(
 def headline_numbers(evaluation: dict[str, Any], prefix: str) -> dict[str, float]:
     """The scalar results (loss, accuracies, pass@1, perplexity) flattened for a logger."""
     numbers = {f"{prefix}/{k}": float(v) for k, v in evaluation.items() if k.startswith("answer_")}
+    if evaluation.get("validation"):
+        numbers[f"{prefix}/validation_loss"] = float(evaluation["validation"]["answer_loss"])
     for name, result in evaluation.get("benchmarks", {}).items():
         numbers.update({f"{prefix}/{name}/{k}": float(v) for k, v in result.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})

@@ -7,7 +7,8 @@
    evaluate.
 3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
 4. Stage 1 — Basel/BSI: reparameterize (Eq. 3), one `Trainer.fit` of the keep and prune phases, then
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result.
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result. The dense
+   reference (`method=finetune`) skips it.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
 6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
 
@@ -21,7 +22,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     targets = target_linears(cfg.model, model)
     untie_from_embedding(model, targets)  # a targeted tied head gets its own weight; the embedding stays
     extra = cfg.method.additional_dim if cfg.method.is_pruning else 0
-    budget = resolve_budget(cfg.method, original["params"], fixed_parameters(model, targets), targets, extra)
+    sized = cfg.method if cfg.method.compresses else replace(cfg.method, keep_ratio=1.0)  # the dense reference
+    budget = resolve_budget(sized, original["params"], fixed_parameters(model, targets), targets, extra)
     log.info("size budget: %s", budget.describe())
     clock.split("load_model")
     evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
@@ -161,7 +163,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     # 4. Stage 1: keep + prune + recompose (or a one-shot truncation), then its result is saved as the stage
     # boundary, unless an earlier attempt got that far.
-    if boundary.is_dir():
+    if not cfg.method.compresses:  # the dense reference (method=finetune): straight to post-fine-tuning
+        stage1 = {"recomposed_ranks": {}}
+    elif boundary.is_dir():
         log.info("stage 1 already done: resuming from %s", boundary)
         model, _ = load_compressed(boundary)
         ctx.spectra.stages = json.loads((out / "spectra.json").read_text())

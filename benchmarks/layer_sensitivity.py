@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from basel_app.config.schema import ModelConfig, TaskConfig
 from basel_app.data import TaskDataModule
-from basel_app.lit.module import answer_nll
+from basel_app.evaluation.answer_loss import answer_nll
 from basel_app.lowrank import find_target_linears, mass_keep_mask, reparameterize
 from basel_app.models import load_model
 

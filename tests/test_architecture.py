@@ -81,5 +81,5 @@ def test_the_config_names_are_the_registries_names():
     """The config validates against config/names.py; the code registers what it implements."""
     assert set(TASKS) == set(names.TASK_NAMES)
     assert set(BENCHMARKS) == set(names.BENCHMARK_NAMES)
-    assert set(names.METHODS) == set(names.PRUNING_SCORERS) | set(names.ONE_SHOT_METHODS)
+    assert set(names.METHODS) == set(names.PRUNING_SCORERS) | set(names.ONE_SHOT_METHODS) | set(names.DENSE_METHODS)
     assert set(names.ABLATION_METHODS["score"]) <= set(names.PRUNING_METHODS)

@@ -8,13 +8,14 @@ ONE_SHOT_METHODS = ("svd", "fwsvd", "svd_llm", "asvd")  # factor and truncate on
 # Algorithm 1 (relearn, prune progressively, recompose); the pruning criterion each one implies.
 PRUNING_SCORERS = {"basel": "magnitude", "bsi": "taylor"}
 PRUNING_METHODS = tuple(PRUNING_SCORERS)
-METHODS = PRUNING_METHODS + ONE_SHOT_METHODS
+DENSE_METHODS = ("finetune",)  # the reference: no compression, only the shared post-fine-tuning
+METHODS = PRUNING_METHODS + ONE_SHOT_METHODS + DENSE_METHODS
 CROSS_LAYER_METHODS = ("bsi",)  # whose scores are loss changes, comparable across layers (global allocation)
 ALLOCATIONS = ("per_layer", "global")
 HVP_MODES = ("finite_difference", "double_backward")
 SCORE_VARIANTS = ("both", "first", "second")
 TASK_NAMES = ("math", "code", "lm")
-BENCHMARK_NAMES = ("gsm8k", "math", "humaneval", "mbpp", "wikitext2")
+BENCHMARK_NAMES = ("gsm8k", "math", "humaneval", "mbpp", "wikitext2", "gsm8k_loss", "math500_loss")
 # Which ablation presets (conf/ablation/) change something for which methods.
 ABLATION_METHODS = {
     "additional_dim": PRUNING_METHODS,

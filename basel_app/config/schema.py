@@ -19,6 +19,7 @@ from basel_app.config.names import (
     ALLOCATIONS,
     BENCHMARK_NAMES,
     CROSS_LAYER_METHODS,
+    DENSE_METHODS,
     DTYPES,
     HVP_MODES,
     LLAMA_LINEARS,
@@ -100,6 +101,9 @@ class TaskConfig:
     max_length: int = 512
     max_train_samples: int | None = None  # None: the whole training split
     max_eval_samples: int | None = None
+    # Training records held out as a validation split (seeded draw, before max_train_samples; never trained
+    # on): choose settings on its loss, never on the eval split's. 0: none.
+    validation_samples: int = 0
     train_batch_size: int = 4
     eval_batch_size: int = 4
 
@@ -117,6 +121,8 @@ class TaskConfig:
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             _require(value is None or value >= 1, f"task.{key}={value} is not allowed; use null (all) or >= 1")
+        _require(self.validation_samples >= 0,
+                 f"task.validation_samples={self.validation_samples} is not allowed; use 0 (none) or >= 1")
 
 
 @dataclass
@@ -187,6 +193,10 @@ class MethodConfig:
     def is_pruning(self) -> bool:
         return self.name in PRUNING_METHODS
 
+    @property
+    def compresses(self) -> bool:
+        return self.name not in DENSE_METHODS
+
     def __post_init__(self) -> None:
         _one_of("method.name", self.name, METHODS)
         _require(
@@ -208,6 +218,14 @@ class MethodConfig:
             f"method.target_params={self.target_params} is not allowed; it must be a positive parameter count",
         )
         _one_of("method.allocation", self.allocation, ALLOCATIONS)
+        if not self.compresses:
+            _require(
+                self.compression_ratio is None and self.target_params is None,
+                f"method={self.name} compresses nothing, so it takes no parameter budget (compression_ratio="
+                f"{self.compression_ratio}, target_params={self.target_params}); leave both null",
+            )
+            _require(self.post_finetune_params == "all", f"method.post_finetune_params={self.post_finetune_params!r} "
+                     f"is not allowed for method={self.name}: a dense model has no low-rank factors; use all")
         if self.allocation == "global":
             _require(
                 self.name in CROSS_LAYER_METHODS and (self.compression_ratio or self.target_params) is not None,

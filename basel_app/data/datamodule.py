@@ -7,9 +7,11 @@ The pipeline drives it in three steps, so that bad data fails before the model i
 3. :meth:`TaskDataModule.setup` — tokenize both splits, once (Lightning calls it again on every
    ``fit``/``validate``; later calls do nothing).
 
-Subsets: the training records are the first ``max_train_samples`` of a seeded shuffle of the training
-split (kept in file order), the evaluation records the first ``max_eval_samples`` of the evaluation split
-in file order (so every method is scored on the same items).
+Subsets: ``validation_samples`` training records are held out first (the first N of a seeded shuffle of the
+training split, kept in file order; disjoint from training by construction) for choosing settings without
+looking at the evaluation split; the training records are then the first ``max_train_samples`` of a seeded
+shuffle of the rest (kept in file order), the evaluation records the first ``max_eval_samples`` of the
+evaluation split in file order (so every method is scored on the same items).
 
 Batches: right padding with the tokenizer's pad id (its eos when it has none) under an
 ``attention_mask``; labels padded with -100. Training batches follow
@@ -99,6 +101,7 @@ class TaskDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         seed: int = 0,
+        validation_samples: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -114,13 +117,16 @@ class TaskDataModule(L.LightningDataModule):
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.seed = seed
+        self.validation_samples = validation_samples
         self.num_workers = num_workers
 
         self.train_records: list[Record] | None = None
         self.eval_records: list[Record] | None = None
+        self.validation_records: list[Record] = []
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_dataset: EncodedDataset | None = None
         self.eval_dataset: EncodedDataset | None = None
+        self.validation_dataset: EncodedDataset | None = None  # None: no validation split
         self.num_skipped: dict[str, int] = {}
         self.collate: PadCollator | None = None
         self.train_sampler: ResumableBatchSampler | None = None
@@ -138,6 +144,7 @@ class TaskDataModule(L.LightningDataModule):
             max_train_samples=task_cfg.max_train_samples,
             max_eval_samples=task_cfg.max_eval_samples,
             seed=seed,
+            validation_samples=task_cfg.validation_samples,
             num_workers=num_workers,
         )
 
@@ -148,19 +155,30 @@ class TaskDataModule(L.LightningDataModule):
         if self.train_records is not None:
             return
         train = self.task.load_train_records()
+        if self.validation_samples:
+            if self.validation_samples >= len(train):
+                raise ValueError(f"task.validation_samples={self.validation_samples} is not allowed; it must be "
+                                 f"below the {len(train)} records of the training split")
+            held = set(self._seeded_choice(len(train), self.validation_samples))
+            self.validation_records = [r for i, r in enumerate(train) if i in held]
+            train = [r for i, r in enumerate(train) if i not in held]
         if self.max_train_samples is not None and self.max_train_samples < len(train):
-            generator = torch.Generator()
-            generator.manual_seed(self.seed)
-            chosen = torch.randperm(len(train), generator=generator)[: self.max_train_samples]
-            train = [train[i] for i in sorted(chosen.tolist())]
+            train = [train[i] for i in sorted(self._seeded_choice(len(train), self.max_train_samples))]
         evaluation = self.task.load_eval_records()
         if self.max_eval_samples is not None:
             evaluation = evaluation[: self.max_eval_samples]
         self.train_records, self.eval_records = train, evaluation
         rank_zero_info(
             f"task {self.task.name!r} ({self.task.describe_source()}): {len(train)} training records "
-            f"({self.task.train_split!r}), {len(evaluation)} evaluation records ({self.task.eval_split!r})"
+            f"({self.task.train_split!r}), {len(self.validation_records)} validation records held out of it, "
+            f"{len(evaluation)} evaluation records ({self.task.eval_split!r})"
         )
+
+    def _seeded_choice(self, population: int, count: int) -> list[int]:
+        """`count` distinct indices below `population`: the first of a permutation seeded by the run's seed."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        return torch.randperm(population, generator=generator)[:count].tolist()
 
     @property
     def num_train_batches(self) -> int:
@@ -195,6 +213,8 @@ class TaskDataModule(L.LightningDataModule):
         assert self.train_records is not None and self.eval_records is not None
         if self.eval_dataset is None:
             self.eval_dataset = self._encode(self.eval_records, "eval")
+            if self.validation_records:
+                self.validation_dataset = self._encode(self.validation_records, "validation")
         if self.train_dataset is not None or stage in ("validate", "test", "predict"):
             return
         batches_before = self.num_train_batches

@@ -5,12 +5,19 @@
 | `math` | `gsm8k` (1319 test), `math` (5000 test)  | greedy pass@1: GSM8K strict `#### N` and flexible last number; MATH by math-verify equivalence |
 | `code` | `humaneval` (164), `mbpp` (500, ids 11-510) | greedy pass@1, each program run in the sandbox        |
 | `lm`   | `wikitext2` (test split)                 | perplexity, sliding window (`context_length`, `stride`)  |
+| any    | `gsm8k_loss` (1319 test), `math500_loss` (MATH500) | teacher-forced answer loss (`answer_loss.py`), no generation |
 
 Prompt protocol (fixed across methods, zero-shot, through the model's chat template when it has one):
 GSM8K asks exactly the training prompt of `task=math` (the question); MATH asks the problem followed by
 "Put your final answer within \\boxed{}."; MBPP asks the training prompt of `task=code` (problem text and
 its test asserts); HumanEval asks to complete the function whose signature and docstring are given, in a
 fenced code block. Decoding is greedy with a fixed, recorded batch size.
+
+The loss sets score the reference answer under teacher forcing, encoded exactly as training encodes an
+example (`max_length` tokens, the same chat template and system prompt): GSM8K's worked answer to the
+training prompt (task=math's encoding, so `gsm8k_loss` on the first N items equals the run's own
+`answer_loss` with task.max_eval_samples=N), and MATH500's worked solution to the MATH prompt above.
+They cost one forward pass per item, where generation costs hundreds.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class BenchmarkSettings:
     stride: int = 512
     code_timeout_s: float = 10.0
     system_prompt: str | None = None
+    max_length: int = 512  # loss sets: tokens per example (the run's task.max_length)
 
 
 def _first(items: list, limit: int | None) -> list:
@@ -119,6 +127,30 @@ def _run_code(programs: list[str], prompts: list[str], generations: list[str], s
     }
 
 
+def run_gsm8k_loss(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> dict[str, Any]:
+    from basel_app.tasks.math import MathTask
+
+    task = MathTask.packaged(settings.system_prompt)
+    records = _first(task.read_split("test"), settings.limit)
+    return _answer_loss(model, tokenizer, [task.encode(tokenizer, r, settings.max_length) for r in records], settings)
+
+
+def run_math500_loss(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> dict[str, Any]:
+    from basel_app.tasks.encoding import encode_example
+    from basel_app.tasks.records import read_packaged_split
+
+    records = _first(read_packaged_split("math", "test500_prm800k", {"problem": str, "solution": str}), settings.limit)
+    examples = [encode_example(tokenizer, r["problem"] + MATH_INSTRUCTION, r["solution"], settings.max_length,
+                               settings.system_prompt) for r in records]
+    return _answer_loss(model, tokenizer, examples, settings)
+
+
+def _answer_loss(model: nn.Module, tokenizer: Any, examples: list, settings: BenchmarkSettings) -> dict[str, Any]:
+    from basel_app.evaluation.answer_loss import answer_loss
+
+    return answer_loss(model, tokenizer, examples, settings.batch_size)
+
+
 def run_wikitext2(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> dict[str, Any]:
     from basel_app.evaluation.perplexity import wikitext_perplexity
     from basel_app.tasks.lm import wikitext_test_text
@@ -134,6 +166,7 @@ def _summary(scores: dict[str, Any]) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[[nn.Module, Any, BenchmarkSettings], dict[str, Any]]] = {
     "gsm8k": run_gsm8k, "math": run_math, "humaneval": run_humaneval, "mbpp": run_mbpp, "wikitext2": run_wikitext2,
+    "gsm8k_loss": run_gsm8k_loss, "math500_loss": run_math500_loss,
 }
 TASK_BENCHMARKS: dict[str, tuple[str, ...]] = {
     "math": ("gsm8k", "math"), "code": ("humaneval", "mbpp"), "lm": ("wikitext2",),

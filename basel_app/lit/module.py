@@ -7,7 +7,6 @@ Evaluation needs no optimizer, so it uses the base `AnswerLossModule`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import lightning as L
@@ -15,20 +14,11 @@ import torch
 from torch import nn
 from torchmetrics import SumMetric
 
+from basel_app.evaluation.answer_loss import answer_nll, loss_summary
 from basel_app.lowrank import set_trainable
 from basel_app.methods.distillation import Distillation
 
 TrainableSelector = Callable[[nn.Module], list[nn.Parameter]]
-
-
-def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL over the labelled (answer) tokens, and how many there are."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]  # (B, T-1): token t is predicted from the prefix < t
-    nll = nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
-    )
-    return nll, (targets != -100).sum()
 
 
 class AnswerLossModule(L.LightningModule):
@@ -45,8 +35,8 @@ class AnswerLossModule(L.LightningModule):
         self.eval_tokens.update(tokens)
 
     def on_validation_epoch_end(self) -> None:
-        loss = (self.eval_nll.compute() / self.eval_tokens.compute().clamp(min=1)).item()
-        self.log_dict({"eval/answer_loss": loss, "eval/answer_ppl": math.exp(min(loss, 50.0))})
+        summary = loss_summary(self.eval_nll.compute().item(), int(self.eval_tokens.compute().item()))
+        self.log_dict({f"eval/{key}": value for key, value in summary.items()})
         self.log("eval/answer_tokens", self.eval_tokens.compute().float())
         self.eval_nll.reset()
         self.eval_tokens.reset()

@@ -53,6 +53,11 @@ class Task(ABC):
                 "evaluation split would inflate every score. Name two different splits."
             )
 
+    @classmethod
+    def packaged(cls, system_prompt: str | None = None) -> Task:
+        """The task on its packaged copy with the standard splits — for benchmarks, which have no task config."""
+        return cls(TaskConfig(name=cls.name, source="packaged", system_prompt=system_prompt))
+
     def _resolve_source(self, cfg: TaskConfig) -> str:
         if cfg.data_dir is not None:
             return "local"

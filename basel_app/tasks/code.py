@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from importlib import resources
 
-from basel_app.config.schema import TaskConfig
 from basel_app.tasks.base import Task
 from basel_app.tasks.records import Record, TaskDataError, read_jsonl
 from basel_app.tasks.registry import register_task
@@ -75,11 +74,6 @@ class CodeTask(Task):
     name = "code"
     fields = {"task_id": int, "text": str, "code": str, "test_list": list, "test_setup_code": str}
     resource_dir = RESOURCE_DIR
-
-    @classmethod
-    def packaged(cls, system_prompt: str | None = None) -> CodeTask:
-        """The task on the packaged MBPP copy with the standard splits — for benchmarks, which have no task config."""
-        return cls(TaskConfig(name=cls.name, source="packaged", system_prompt=system_prompt))
 
     def read_split(self, split: str) -> list[Record]:
         """The packaged copy is one file, so a split is selected by its id range; other sources read per split."""
