@@ -4,8 +4,8 @@
    pruning schedule) so a mistake costs seconds.
 2. Load the input model, resolve the size budget against it (an impossible one fails here), evaluate.
 3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
-4. Stage 1 — Basel/BSI: one `Trainer.fit` of reparameterize (Eq. 3), keep phase, prune phase,
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate.
+4. Stage 1 — Basel/BSI: one `Trainer.fit` of reparameterize (Eq. 3; with `method.init` != svd, on a
+   one-shot baseline's factorisation from calibration batches), keep phase, prune phase, recompose. One-shot baselines: calibrate on training batches, factor, truncate.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
 6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
 
@@ -53,7 +53,8 @@ from basel_app.lowrank import (
     state_bytes,
 )
 from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budget
-from basel_app.methods.one_shot import factorize_layers, truncate_layers
+from basel_app.lowrank.factorizations import Factorization
+from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, truncate_layers
 from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
 from basel_app.files import atomic_write_json
 
@@ -174,6 +175,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     metrics = {
         "method": cfg.method.name,
         "scorer": cfg.method.scorer,
+        "init": cfg.method.init if cfg.method.is_pruning else None,
         "score": cfg.method.score if cfg.method.name == "bsi" else None,
         "budget": budget.describe(achieved_params=compressed["params"]),
         "ablation": cfg.ablations,
@@ -244,25 +246,34 @@ def save_boundary(ctx: RunContext, model: nn.Module, stage1: dict[str, Any]) -> 
     save_compressed(model, ctx.tokenizer, ctx.out / "checkpoints" / "recomposed", metadata=stage1, overwrite=True)
 
 
-def compress_one_shot(ctx: RunContext, model: nn.Module, budget: SizeBudget) -> tuple[nn.Module, dict[str, Any]]:
-    """Stage 1 of a one-shot baseline: statistics on training batches, the method's factorisation of
-    every targeted layer, truncation to the budget; saved as the stage boundary."""
+def factorize_targets(ctx: RunContext, model: nn.Module, method_name: str) -> dict[str, Factorization]:
+    """Each targeted layer's factorisation by a one-shot method, with its statistics measured on
+    `method.calibration_batches` seeded training batches (the one-shot stage and Basel's `method.init`)."""
     cfg, method = ctx.cfg, ctx.cfg.method
-    targets = target_linears(cfg, model)
     device = next(model.parameters()).device
 
     def calibration() -> list[dict[str, Any]]:
         batches = ctx.datamodule.calibration_batches(method.calibration_batches, seed=cfg.seed)
         return [{key: value.to(device) for key, value in batch.items()} for batch in batches]
 
-    factorizations = factorize_layers(method.name, model, targets, calibration, lambda m, b: m(**b).loss,
-                                      method.asvd_alpha)
+    return factorize_layers(method_name, model, target_linears(cfg, model), calibration, lambda m, b: m(**b).loss,
+                            method.asvd_alpha)
+
+
+def conditioning(factorizations: dict[str, Factorization]) -> dict[str, str]:
+    """SVD-LLM's whitening: the layers whose Gram matrix needed damping or eigh, and how."""
+    return {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}
+
+
+def compress_one_shot(ctx: RunContext, model: nn.Module, budget: SizeBudget) -> tuple[nn.Module, dict[str, Any]]:
+    """Stage 1 of a one-shot baseline: statistics on training batches, the method's factorisation of
+    every targeted layer, truncation to the budget; saved as the stage boundary."""
+    factorizations = factorize_targets(ctx, model, ctx.cfg.method.name)
     ctx.spectra.add("decomposition", {name: f.values for name, f in factorizations.items()}, ctx.logger)
     ctx.clock.split("decompose")
-    ranks = truncate_layers(model, targets, factorizations, budget)
+    ranks = truncate_layers(model, target_linears(ctx.cfg, model), factorizations, budget)
     ctx.clock.split("truncate")
-    stage1 = {"recomposed_ranks": ranks,
-              "conditioning": {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}}
+    stage1 = {"recomposed_ranks": ranks, "conditioning": conditioning(factorizations)}
     save_boundary(ctx, model, stage1)
     return model, stage1
 
@@ -271,6 +282,11 @@ def compress(ctx: RunContext, model: nn.Module, plan: PhasePlan, budget: SizeBud
     """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22): returns the recomposed model and what stage 1
     found (each layer's rank, BSI's importance records), and saves both as the stage boundary."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
+    stage1: dict[str, Any] = {}
+    factorizations = None  # init=svd: the paper's plain SVD, taken by reparameterize itself
+    if method.init != "svd":
+        factorizations = factorize_targets(ctx, model, INIT_FACTORIZATIONS[method.init])
+        stage1["conditioning"] = conditioning(factorizations)
     reparameterize(
         model,
         cfg.model.target_modules,
@@ -279,11 +295,11 @@ def compress(ctx: RunContext, model: nn.Module, plan: PhasePlan, budget: SizeBud
         free_bases=method.free_bases,
         include_tied_head=cfg.model.include_tied_head,
         seed=cfg.seed,
+        factorizations=factorizations,
     )
     ctx.clock.split("decompose")
     stage_dir = ctx.out / "checkpoints" / "compress"
 
-    stage1: dict[str, Any] = {}
     if method.scorer == "taylor":
         scorer = BSIImportance(method.importance.batches, method.importance.probes, method.importance.eps_scale,
                                method.importance.hvp, method.score, seed=cfg.seed)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from basel_app.lowrank.factorizations import Factorization
 from basel_app.lowrank.reparam import BaselLinear
 from basel_app.lowrank.thin import LowRankLinear
 
@@ -134,24 +135,33 @@ def reparameterize(
     free_bases: bool = False,
     include_tied_head: bool = False,
     seed: int = 0,
+    factorizations: Mapping[str, Factorization] | None = None,
 ) -> dict[str, BaselLinear]:
     """Replace each target `nn.Linear` by a `BaselLinear` (Eq. 3) in place, then freeze the rest.
 
-    After this only the layers' `trainable_parameters()` require grad: embeddings, norms and biases are
-    frozen for the keep and prune phases. Ṽ is drawn from a generator seeded with `seed`, so the result
-    does not depend on the global RNG state.
+    Each layer's bases are the SVD of its weight (the paper), or, when `factorizations` is given, its
+    entry there (a data-aware factorisation of the same weight, e.g. SVD-LLM's whitened one; one per
+    target, by name). After this only the layers' `trainable_parameters()` require grad: embeddings,
+    norms and biases are frozen for the keep and prune phases. Ṽ is drawn from a generator seeded with
+    `seed`, so the result does not depend on the global RNG state.
     """
     names = find_target_linears(model, target_modules, exclude_modules, include_tied_head)
+    if factorizations is not None and (missing := [name for name in names if name not in factorizations]):
+        raise ValueError(f"no factorisation given for {len(missing)} target layer(s), e.g. {missing[0]!r}")
     generator = torch.Generator().manual_seed(seed)
     layers: dict[str, BaselLinear] = {}
-    for name in tqdm(names, desc="reparameterize (SVD)", unit="layer", leave=False):
-        layer = BaselLinear.from_linear(model.get_submodule(name), additional_dim, free_bases, generator)
+    for name in tqdm(names, desc="reparameterize", unit="layer", leave=False):
+        factors = None
+        if factorizations is not None:
+            f = factorizations[name]
+            factors = (f.left, f.values, f.right)
+        layer = BaselLinear.from_linear(model.get_submodule(name), additional_dim, free_bases, generator, factors)
         set_submodule(model, name, layer)
         layers[name] = layer
     trainable = {id(p) for layer in lowrank_layers(model).values() for p in layer.trainable_parameters()}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("reparameterized %d linear layers (additional_dim=%d, free_bases=%s); %d trainable parameters",
-             len(layers), additional_dim, free_bases, n_train)
+    log.info("reparameterized %d linear layers (%s bases, additional_dim=%d, free_bases=%s); %d trainable parameters",
+             len(layers), "given" if factorizations is not None else "SVD", additional_dim, free_bases, n_train)
     return layers

@@ -92,6 +92,8 @@ def test_ablations_compose_with_method(compose_config):
         ("method=bsi model.dtype=bfloat16", "model.dtype=bfloat16 is not allowed with method=bsi"),
         ("method.scorer=taylor", "method.scorer='taylor' is not allowed for method=basel; it uses 'magnitude'"),
         ("method=svd method.scorer=magnitude", "method.scorer='magnitude' is not allowed for the one-shot method=svd"),
+        ("method.init=random", "method.init='random' is not allowed; choose one of: svd, whitened, asvd"),
+        ("method=svd_llm method.init=whitened", "method.init='whitened' is not allowed for the one-shot method=svd_llm"),
         ("task.name=poetry", "task.name='poetry' is not allowed; choose one of:"),
         ("model.path=/does/not/exist", "model.path='/does/not/exist' does not exist"),
         ("model.dtype=int3", "model.dtype='int3' is not allowed"),
@@ -160,3 +162,13 @@ def test_cli_rejects_a_schedule_with_more_pruning_steps_than_iterations(tmp_path
     result = cli(tmp_path, "model=tiny_random", "method.pruning_times=1000")
     assert result.returncode == 2
     assert "method.pruning_times=1000 is more than the" in result.stdout + result.stderr
+
+
+def test_basis_init_defaults_to_the_papers_svd_and_every_data_aware_one_has_a_factorisation(compose_config):
+    from basel_app.config.schema import BASIS_INITS
+    from basel_app.methods.one_shot import INIT_FACTORIZATIONS, ONE_SHOT_METHODS
+
+    assert OmegaConf.to_object(compose_config()).method.init == "svd"
+    assert OmegaConf.to_object(compose_config("method=bsi", "method.init=asvd")).method.init == "asvd"
+    assert set(BASIS_INITS) == {"svd", *INIT_FACTORIZATIONS}
+    assert set(INIT_FACTORIZATIONS.values()) <= set(ONE_SHOT_METHODS)
