@@ -137,14 +137,17 @@ class BaselLinear(nn.Module):
     ) -> BaselLinear:
         """Factor `linear.weight = U diag(s) Vᵀ` once, outside autograd, and wrap it.
 
-        `factors` = (U (n×r), s (r,) descending, V (m×r)) with W = U diag(s) Vᵀ replaces the SVD: a
-        data-aware factorisation computed elsewhere (`lowrank.factorizations`), whose s then measures what
-        each basis is worth on the calibration data. Without it, the SVD runs in float64 for matrices with
-        at most `FLOAT64_MAX_NUMEL` entries, float32 above, never in half precision; results are cast to
-        the weight's dtype after. Numerically zero values (s ≤ s_max · max(n, m) · eps, the usual
-        matrix-rank tolerance, with eps that of the weight's storage precision but at least float32's, see
-        `rank_tolerance_eps`) are dropped: their bases are rounding noise and would only cost compute.
-        At least one basis is kept (a zero weight keeps one zero basis) so the layer stays well formed.
+        The SVD runs in float64 for matrices with at most `FLOAT64_MAX_NUMEL` entries, float32 above,
+        never in half precision; results are cast to the weight's dtype after. Numerically zero singular
+        values (s ≤ s_max · max(n, m) · eps, the usual matrix-rank tolerance, with eps that of the weight's
+        storage precision but at least float32's, see `rank_tolerance_eps`) are dropped: their bases are
+        rounding noise and would only cost compute. At least one basis is kept (a zero weight keeps
+        one zero basis) so the layer stays well formed.
+
+        `factors` = (U (n×r), s (r,), V (m×r)) with W = U diag(s) Vᵀ replaces the SVD: a data-aware
+        factorisation computed elsewhere (`lowrank.factorizations`), whose s measures what each basis is
+        worth on the calibration data. It is taken whole: a tiny value there marks a direction the data
+        barely excites, not rounding noise in W, and dropping it would change W off the calibration data.
         """
         weight = linear.weight.detach()
         n, m = weight.shape
@@ -152,15 +155,16 @@ class BaselLinear(nn.Module):
             if factors is None:
                 u, s, vh = torch.linalg.svd(weight.to(decomposition_dtype(n * m)), full_matrices=False)
                 v = vh.T  # (n,r) (r,) (m,r)
+                tol = s.max() * max(n, m) * rank_tolerance_eps(weight.dtype)
+                rank = max(1, int((s > tol).sum()))  # s is sorted descending: keep a prefix
+                if rank < s.numel():
+                    log.debug("dropping %d numerically zero singular values of a %dx%d weight", s.numel() - rank, n, m)
             else:
                 u, s, v = (f.detach() for f in factors)
                 if u.shape[0] != n or v.shape[0] != m or not u.shape[1] == s.numel() == v.shape[1]:
                     raise ValueError(f"factors must be U (n×r), s (r,), V (m×r) for a {n}x{m} weight, got "
                                      f"{tuple(u.shape)}, {tuple(s.shape)}, {tuple(v.shape)}")
-            tol = s.max() * max(n, m) * rank_tolerance_eps(weight.dtype)
-            rank = max(1, int((s > tol).sum()))  # s is sorted descending: keep a prefix
-            if rank < s.numel():
-                log.debug("dropping %d numerically zero singular values of a %dx%d weight", s.numel() - rank, n, m)
+                rank = s.numel()
             layer = cls(
                 m, n, rank, additional_dim, bias=linear.bias is not None, free_bases=free_bases,
                 device=weight.device, dtype=weight.dtype, generator=generator,
