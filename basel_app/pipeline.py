@@ -6,9 +6,10 @@
    every later step gets them) and resolve the size budget against them (an impossible one fails here);
    evaluate.
 3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
-4. Stage 1 — Basel/BSI: reparameterize (Eq. 3), one `Trainer.fit` of the keep and prune phases, then
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result. The dense
-   reference (`method=finetune`) skips it.
+4. Stage 1 — Basel/BSI: reparameterize (Eq. 3; with `method.init` != svd, on a one-shot baseline's
+   factorisation from calibration batches), one `Trainer.fit` of the keep and prune phases, then
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result.
+   The dense reference (`method=finetune`) skips it.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
 6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
 
@@ -64,8 +65,9 @@ from basel_app.lowrank import (
     untie_from_embedding,
 )
 from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budget
+from basel_app.lowrank.factorizations import Factorization
 from basel_app.methods.distillation import Distillation
-from basel_app.methods.one_shot import factorize_layers, truncate_layers
+from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, truncate_layers
 from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
 
 log = logging.getLogger(__name__)
@@ -198,6 +200,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     metrics = {
         "method": cfg.method.name,
         "scorer": PRUNING_SCORERS.get(cfg.method.name),
+        "init": cfg.method.init if cfg.method.is_pruning else None,
         "score": cfg.method.score if cfg.method.name == "bsi" else None,
         "budget": budget.describe(achieved_params=compressed["params"]),
         "ablation": cfg.ablations,
@@ -250,11 +253,11 @@ def target_linears(cfg: ModelConfig, model: nn.Module) -> dict[str, nn.Linear]:
     return find_target_linears(model, cfg.target_modules, cfg.exclude_modules, cfg.include_tied_head)
 
 
-def compress_one_shot(
-    ctx: RunContext, model: nn.Module, targets: dict[str, nn.Linear], budget: SizeBudget
-) -> dict[str, Any]:
-    """Stage 1 of a one-shot baseline, in place: statistics on training batches, the method's factorisation
-    of every targeted layer, truncation to the budget. Returns what stage 1 found (ranks, conditioning)."""
+def factorize_targets(
+    ctx: RunContext, model: nn.Module, targets: dict[str, nn.Linear], method_name: str
+) -> dict[str, Factorization]:
+    """Each target's factorisation by a one-shot method, with its statistics measured on
+    `method.calibration_batches` seeded training batches (the one-shot stage and Basel's `method.init`)."""
     cfg, method = ctx.cfg, ctx.cfg.method
     device = next(model.parameters()).device
 
@@ -262,14 +265,25 @@ def compress_one_shot(
         batches = ctx.datamodule.calibration_batches(method.calibration_batches, seed=cfg.seed)
         return [{key: value.to(device) for key, value in batch.items()} for batch in batches]
 
-    factorizations = factorize_layers(method.name, model, targets, calibration, lambda m, b: m(**b).loss,
-                                      method.asvd_alpha)
+    return factorize_layers(method_name, model, targets, calibration, lambda m, b: m(**b).loss, method.asvd_alpha)
+
+
+def conditioning(factorizations: dict[str, Factorization]) -> dict[str, str]:
+    """SVD-LLM's whitening: the layers whose Gram matrix needed damping or eigh, and how."""
+    return {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}
+
+
+def compress_one_shot(
+    ctx: RunContext, model: nn.Module, targets: dict[str, nn.Linear], budget: SizeBudget
+) -> dict[str, Any]:
+    """Stage 1 of a one-shot baseline, in place: statistics on training batches, the method's factorisation
+    of every targeted layer, truncation to the budget. Returns what stage 1 found (ranks, conditioning)."""
+    factorizations = factorize_targets(ctx, model, targets, ctx.cfg.method.name)
     ctx.spectra.add("decomposition", {name: f.values for name, f in factorizations.items()}, ctx.logger)
     ctx.clock.split("decompose")
     ranks = truncate_layers(model, targets, factorizations, budget)
     ctx.clock.split("truncate")
-    return {"recomposed_ranks": ranks,
-            "conditioning": {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}}
+    return {"recomposed_ranks": ranks, "conditioning": conditioning(factorizations)}
 
 
 def build_scorer(method: MethodConfig, seed: int) -> Scorer:
@@ -287,7 +301,13 @@ def compress(
     and prune phases (resumable from stage-1 checkpoints), recompose. Returns what stage 1 found (each
     layer's rank, BSI's importance records)."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
-    reparameterize(model, targets, additional_dim=method.additional_dim, free_bases=method.free_bases, seed=cfg.seed)
+    stage1: dict[str, Any] = {}
+    factorizations = None  # init=svd: the paper's plain SVD, taken by reparameterize itself
+    if method.init != "svd":
+        factorizations = factorize_targets(ctx, model, targets, INIT_FACTORIZATIONS[method.init])
+        stage1["conditioning"] = conditioning(factorizations)
+    reparameterize(model, targets, additional_dim=method.additional_dim, free_bases=method.free_bases, seed=cfg.seed,
+                   factorizations=factorizations)
     ctx.clock.split("decompose")
     stage_dir = ctx.out / "checkpoints" / "compress"
     scorer = build_scorer(method, cfg.seed)
@@ -311,7 +331,7 @@ def compress(
     ranks = recompose_model(model)
     spectra.add("recomposed", recomposed_singular_values(model, list(ranks)), ctx.logger, trainer.global_step)
     ctx.clock.split("recompose")
-    return {"recomposed_ranks": ranks, "importance": scorer.records}
+    return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records}
 
 
 def log_summary(logger: Logger, metrics: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ PRUNING_METHODS = tuple(PRUNING_SCORERS)
 DENSE_METHODS = ("finetune",)  # the reference: no compression, only the shared post-fine-tuning
 METHODS = PRUNING_METHODS + ONE_SHOT_METHODS + DENSE_METHODS
 CROSS_LAYER_METHODS = ("bsi",)  # whose scores are loss changes, comparable across layers (global allocation)
+# Basel/BSI's starting bases: svd (the paper) | whitened (SVD-LLM's) | asvd (ASVD's), see METHODS.md.
+BASIS_INITS = ("svd", "whitened", "asvd")
 ALLOCATIONS = ("per_layer", "global")
 HVP_MODES = ("finite_difference", "double_backward")
 SCORE_VARIANTS = ("both", "first", "second")

@@ -17,6 +17,7 @@ from basel_app.config.errors import ConfigError
 from basel_app.config.names import (
     ABLATION_METHODS,
     ALLOCATIONS,
+    BASIS_INITS,
     BENCHMARK_NAMES,
     CROSS_LAYER_METHODS,
     DENSE_METHODS,
@@ -171,8 +172,11 @@ class MethodConfig:
     allocation: str = "per_layer"  # per_layer | global (BSI with a parameter budget: ranks differ by layer)
     score: str = "both"  # taylor variant: both (BSI) | first | second (ablation)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
-    calibration_batches: int = 8  # one-shot: training batches for Fisher / activation statistics
-    asvd_alpha: float = 0.5  # ASVD: input channels scaled by mean|x|^alpha
+    # Basel/BSI: the bases s̃ starts from. svd: the weight's SVD; whitened / asvd: SVD-LLM's / ASVD's
+    # factorisation on calibration batches, so |s̃| at step 0 is that baseline's truncation order.
+    init: str = "svd"
+    calibration_batches: int = 8  # one-shot and init != svd: training batches for Fisher / activation statistics
+    asvd_alpha: float = 0.5  # ASVD (and init=asvd): input channels scaled by mean|x|^alpha
     pruning_times: int = 100
     keeping_epochs: int = 1
     pruning_epochs: int = 2
@@ -235,6 +239,13 @@ class MethodConfig:
                 "parameter budget (method.compression_ratio or method.target_params)",
             )
         _one_of("method.score", self.score, SCORE_VARIANTS)
+        _one_of("method.init", self.init, BASIS_INITS)
+        _require(
+            self.is_pruning or self.init == "svd",
+            f"method.init={self.init!r} is not allowed for the one-shot method={self.name}: it chooses the bases "
+            f"Basel and BSI start training from; the one-shot methods have their own (use method=svd_llm or "
+            f"method=asvd, or method=basel method.init={self.init})",
+        )
         _require(self.pruning_times >= 1, f"method.pruning_times={self.pruning_times} is not allowed; it must be >= 1")
         for key in ("keeping_epochs", "pre_finetune_epochs", "post_finetune_epochs", "additional_dim"):
             _require(getattr(self, key) >= 0, f"method.{key}={getattr(self, key)} is not allowed; it must be >= 0")

@@ -9,7 +9,9 @@ matrix, and undoes the weighting in one factor, giving W ≈ L diag(σ) Rᵀ wit
     ASVD      W diag(a^α)      = U Σ Vᵀ    L = U,               R = diag(a^-α) V   a: mean |x| per input
 
 Truncating to k keeps the first k triplets; σ is also what a keep ratio measures for these methods.
-SVD-LLM's whitening makes σ_i² exactly the output error ‖(W − Ŵ)X‖² that dropping triplet i costs.
+SVD-LLM's whitening makes σ_i² exactly the output error ‖(W − Ŵ)X‖² that dropping triplet i costs (per
+token when the Gram is X Xᵀ / tokens, as the one-shot stage passes it: the scale then does not depend on
+the number of calibration tokens, which matters where σ is trained, as Basel's s̃ with `method.init`).
 """
 
 from __future__ import annotations

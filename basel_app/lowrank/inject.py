@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from basel_app.config.errors import ConfigError
+from basel_app.lowrank.factorizations import Factorization
 from basel_app.lowrank.reparam import BaselLinear
 from basel_app.lowrank.thin import LowRankLinear
 
@@ -150,20 +151,29 @@ def reparameterize(
     additional_dim: int = 32,
     free_bases: bool = False,
     seed: int = 0,
+    factorizations: Mapping[str, Factorization] | None = None,
 ) -> dict[str, BaselLinear]:
     """Replace each target `nn.Linear` by a `BaselLinear` (Eq. 3) in place.
 
-    Which parameters then train is not decided here but by `set_trainable` (the stage's selector): the
-    layers' `trainable_parameters()` for the keep and prune phases. Ṽ is drawn from a generator seeded
-    with `seed`, so the result does not depend on the global RNG state.
+    Each layer's bases are the SVD of its weight (the paper), or, when `factorizations` is given, its
+    entry there (a data-aware factorisation of the same weight, e.g. SVD-LLM's whitened one; one per
+    target, by name). Which parameters then train is not decided here but by `set_trainable` (the stage's
+    selector): the layers' `trainable_parameters()` for the keep and prune phases. Ṽ is drawn from a
+    generator seeded with `seed`, so the result does not depend on the global RNG state.
     """
+    if factorizations is not None and (missing := [name for name in targets if name not in factorizations]):
+        raise ValueError(f"no factorisation given for {len(missing)} target layer(s), e.g. {missing[0]!r}")
     generator = torch.Generator().manual_seed(seed)
     layers: dict[str, BaselLinear] = {}
-    for name, linear in tqdm(targets.items(), desc="reparameterize (SVD)", unit="layer", leave=False):
-        layer = BaselLinear.from_linear(linear, additional_dim, free_bases, generator)
+    for name, linear in tqdm(targets.items(), desc="reparameterize", unit="layer", leave=False):
+        factors = None
+        if factorizations is not None:
+            f = factorizations[name]
+            factors = (f.left, f.values, f.right)
+        layer = BaselLinear.from_linear(linear, additional_dim, free_bases, generator, factors)
         set_submodule(model, name, layer)
         layers[name] = layer
     n_train = sum(p.numel() for layer in layers.values() for p in layer.trainable_parameters())
-    log.info("reparameterized %d linear layers (additional_dim=%d, free_bases=%s); %d trainable parameters",
-             len(layers), additional_dim, free_bases, n_train)
+    log.info("reparameterized %d linear layers (%s bases, additional_dim=%d, free_bases=%s); %d trainable parameters",
+             len(layers), "given" if factorizations is not None else "SVD", additional_dim, free_bases, n_train)
     return layers

@@ -6,10 +6,14 @@ and a small extra low-rank term.
     x (…, m) ──V_kᵀ──► (…, k) ──⊙ s̃_k──► ──U_k──► (…, n)
              └─Ṽᵀ──► (…, r̃) ─────────────Ũ──────┘  +  b
 
-    U (n×r), V (m×r)   orthonormal bases from the SVD of the input weight; frozen unless `free_bases`
+    U (n×r), V (m×r)   bases of the input weight W = U diag(s) Vᵀ; frozen unless `free_bases`
     s̃ (r,)             relearned singular values, initialised to s
     Ũ (n×r̃), Ṽ (m×r̃)   additional dimension; Ũ = 0 and Ṽ small random, so ŨṼᵀ = 0 at start
     keep (r,)           bool mask of the bases still alive (pruning only clears entries)
+
+By default (U, s, V) is the SVD of W (U, V orthonormal). A data-aware factorisation may be given instead
+(`method.init`, e.g. SVD-LLM's whitened one: U = Y orthonormal, V = S⁻ᵀZ not): nothing here needs V
+orthonormal, and recomposition re-orthonormalises both factors by QR.
 
 At initialisation the layer computes exactly what the `nn.Linear` it replaces computed (up to rounding).
 All tensors are `nn.Parameter`s (frozen ones with `requires_grad=False`) so FSDP shards them; the mask is
@@ -129,6 +133,7 @@ class BaselLinear(nn.Module):
         additional_dim: int = 32,
         free_bases: bool = False,
         generator: torch.Generator | None = None,
+        factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> BaselLinear:
         """Factor `linear.weight = U diag(s) Vᵀ` once, outside autograd, and wrap it.
 
@@ -138,22 +143,34 @@ class BaselLinear(nn.Module):
         storage precision but at least float32's, see `rank_tolerance_eps`) are dropped: their bases are
         rounding noise and would only cost compute. At least one basis is kept (a zero weight keeps
         one zero basis) so the layer stays well formed.
+
+        `factors` = (U (n×r), s (r,), V (m×r)) with W = U diag(s) Vᵀ replaces the SVD: a data-aware
+        factorisation computed elsewhere (`lowrank.factorizations`), whose s measures what each basis is
+        worth on the calibration data. It is taken whole: a tiny value there marks a direction the data
+        barely excites, not rounding noise in W, and dropping it would change W off the calibration data.
         """
         weight = linear.weight.detach()
         n, m = weight.shape
-        svd_dtype = decomposition_dtype(n * m)
         with torch.no_grad():
-            u, s, vh = torch.linalg.svd(weight.to(svd_dtype), full_matrices=False)  # (n,r) (r,) (r,m)
-            tol = s.max() * max(n, m) * rank_tolerance_eps(weight.dtype)
-            rank = max(1, int((s > tol).sum()))  # s is sorted descending: keep a prefix
-            if rank < s.numel():
-                log.debug("dropping %d numerically zero singular values of a %dx%d weight", s.numel() - rank, n, m)
+            if factors is None:
+                u, s, vh = torch.linalg.svd(weight.to(decomposition_dtype(n * m)), full_matrices=False)
+                v = vh.T  # (n,r) (r,) (m,r)
+                tol = s.max() * max(n, m) * rank_tolerance_eps(weight.dtype)
+                rank = max(1, int((s > tol).sum()))  # s is sorted descending: keep a prefix
+                if rank < s.numel():
+                    log.debug("dropping %d numerically zero singular values of a %dx%d weight", s.numel() - rank, n, m)
+            else:
+                u, s, v = (f.detach() for f in factors)
+                if u.shape[0] != n or v.shape[0] != m or not u.shape[1] == s.numel() == v.shape[1]:
+                    raise ValueError(f"factors must be U (n×r), s (r,), V (m×r) for a {n}x{m} weight, got "
+                                     f"{tuple(u.shape)}, {tuple(s.shape)}, {tuple(v.shape)}")
+                rank = s.numel()
             layer = cls(
                 m, n, rank, additional_dim, bias=linear.bias is not None, free_bases=free_bases,
                 device=weight.device, dtype=weight.dtype, generator=generator,
             )
             layer.U.copy_(u[:, :rank])
-            layer.V.copy_(vh[:rank].T)
+            layer.V.copy_(v[:, :rank])
             layer.singular_values.copy_(s[:rank])
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias.detach())

@@ -1,7 +1,8 @@
 """What the one-shot baselines weigh each weight by, measured on batches of the task's training split.
 
 - `activation_statistics`: per layer, the Gram matrix X Xᵀ of its inputs (SVD-LLM) and/or the mean |x|
-  per input channel (ASVD), over the real (unpadded) tokens.
+  per input channel (ASVD), over the real (unpadded) tokens. Both are also what Basel/BSI's data-aware
+  bases (`method.init`) are built from.
 - `row_fisher`: per layer, Σ over batches of the squared loss gradient of each weight, summed over the
   row's inputs (FWSVD). The gradient is the batch mean's (an empirical Fisher per batch, as FWSVD's
   reference implementation accumulates it), not per-example.
@@ -26,6 +27,13 @@ class ActivationStatistics:
     tokens: int = 0
     gram: torch.Tensor | None = None  # (m, m) Σ x xᵀ
     abs_sum: torch.Tensor | None = None  # (m,) Σ |x|
+
+    @property
+    def gram_mean(self) -> torch.Tensor:
+        """(m, m) X Xᵀ / tokens: per token, so whitened singular values do not grow with the calibration set."""
+        if self.gram is None or self.tokens == 0:
+            raise ValueError("no Gram statistics were collected")
+        return self.gram / self.tokens
 
     @property
     def abs_mean(self) -> torch.Tensor:

@@ -28,6 +28,10 @@ from basel_app.methods.calibration import activation_statistics, row_fisher
 
 log = logging.getLogger(__name__)
 
+# Basel/BSI's data-aware bases (`method.init`, besides the paper's plain "svd"): the one-shot factorisation
+# each starts from, so that smallest-|s̃| pruning at step 0 is that baseline's truncation.
+INIT_FACTORIZATIONS = {"whitened": "svd_llm", "asvd": "asvd"}
+
 Batches = Callable[[], Iterable[dict[str, torch.Tensor]]]
 
 
@@ -48,7 +52,7 @@ def factorize_layers(
     if method in ("svd_llm", "asvd"):
         stats = activation_statistics(model, targets, calibration(), gram=method == "svd_llm", abs_mean=method == "asvd")
         if method == "svd_llm":
-            factors = {name: svd_llm_factorization(layer.weight, stats[name].gram) for name, layer in targets.items()}
+            factors = {name: svd_llm_factorization(layer.weight, stats[name].gram_mean) for name, layer in targets.items()}
             conditioned = {name: f.note for name, f in factors.items() if f.note != "cholesky"}
             if conditioned:
                 log.warning("SVD-LLM: %d of %d Gram matrices needed conditioning: %s", len(conditioned), len(factors),

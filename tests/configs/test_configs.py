@@ -90,6 +90,8 @@ def test_ablations_compose_with_method(compose_config):
         ("method.allocation=global method.compression_ratio=2", "method.allocation=global is not allowed for method=basel"),
         ("method=bsi method.allocation=global", "method.allocation=global is not allowed for method=bsi with a keep_ratio"),
         ("method=bsi model.dtype=bfloat16", "model.dtype=bfloat16 is not allowed with method=bsi"),
+        ("method.init=random", "method.init='random' is not allowed; choose one of: svd, whitened, asvd"),
+        ("method=svd_llm method.init=whitened", "method.init='whitened' is not allowed for the one-shot method=svd_llm"),
         ("task.name=poetry", "task.name='poetry' is not allowed; choose one of:"),
         ("model.path=/does/not/exist", "model.path='/does/not/exist' does not exist"),
         ("model.dtype=int3", "model.dtype='int3' is not allowed"),
@@ -174,3 +176,13 @@ def test_cli_prints_each_log_line_once(tmp_path):
     assert any("Seed set to 0" in m for m in messages) and any("pruning event" in m for m in messages)
     assert len(messages) == len(set(messages))
     assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("INFO: ")]
+
+
+def test_basis_init_defaults_to_the_papers_svd_and_every_data_aware_one_has_a_factorisation(compose_config):
+    from basel_app.config.names import BASIS_INITS, ONE_SHOT_METHODS
+    from basel_app.methods.one_shot import INIT_FACTORIZATIONS
+
+    assert OmegaConf.to_object(compose_config()).method.init == "svd"
+    assert OmegaConf.to_object(compose_config("method=bsi", "method.init=asvd")).method.init == "asvd"
+    assert set(BASIS_INITS) == {"svd", *INIT_FACTORIZATIONS}
+    assert set(INIT_FACTORIZATIONS.values()) <= set(ONE_SHOT_METHODS)

@@ -139,3 +139,17 @@ def test_a_multirun_over_methods_lands_in_one_sweep_dir(tmp_path):
     assert (sweeps[0] / "multirun.yaml").exists()
     methods = {json.loads(m.read_text())["method"]: m.parent.name for m in sweeps[0].glob("*/metrics.json")}
     assert methods == {"svd": "0_svd", "asvd": "1_asvd"}
+
+
+def test_basel_on_whitened_bases_starts_from_svd_llms_spectra_and_records_its_init(compose_config, tmp_path):
+    quick = ("method.compression_ratio=2", "eval.enabled=false", "method.post_finetune_epochs=0")
+    run(tiny_config(compose_config, tmp_path / "svd_llm", "method=svd_llm", *quick))
+    metrics = run(tiny_config(compose_config, tmp_path / "basel", "method=basel", "method.init=whitened", *quick))
+    assert metrics["init"] == "whitened" and metrics["config"]["method"]["init"] == "whitened"
+    assert isinstance(metrics["conditioning"], dict)
+    assert abs(metrics["compression_ratio"] / 2 - 1) <= 0.02
+    # The same calibration batches and factorisation: s̃ at step 0 is SVD-LLM's σ, layer by layer.
+    spectra = {m: json.loads((tmp_path / m / "spectra.json").read_text())["decomposition"] for m in ("svd_llm", "basel")}
+    assert spectra["basel"].keys() == spectra["svd_llm"].keys()
+    for name, values in spectra["svd_llm"].items():
+        torch.testing.assert_close(torch.tensor(spectra["basel"][name]), torch.tensor(values), rtol=1e-5, atol=1e-6)
