@@ -285,8 +285,10 @@ def compress(ctx: RunContext, model: nn.Module, plan: PhasePlan, budget: SizeBud
 
     stage1: dict[str, Any] = {}
     if method.scorer == "taylor":
-        scorer = BSIImportance(method.importance.batches, method.importance.probes, method.importance.eps_scale,
-                               method.importance.hvp, method.score, seed=cfg.seed)
+        importance = method.importance
+        scorer = BSIImportance(importance.batches, importance.probes, importance.eps_scale, importance.hvp,
+                               method.score, seed=cfg.seed, hessian=importance.hessian,
+                               curvature_floor=importance.curvature_floor, ema=importance.ema)
     else:
         scorer = MagnitudeScorer()
 
