@@ -289,8 +289,10 @@ def compress_one_shot(
 def build_scorer(method: MethodConfig, seed: int) -> Scorer:
     """The pruning criterion the method implies: BSI's Taylor estimate, or Basel's magnitude."""
     if method.name == "bsi":
-        return BSIImportance(method.importance.batches, method.importance.probes, method.importance.eps_scale,
-                             method.importance.hvp, method.score, seed=seed)
+        importance = method.importance
+        return BSIImportance(importance.batches, importance.probes, importance.eps_scale, importance.hvp, method.score,
+                             seed=seed, hessian=importance.hessian, curvature_floor=importance.curvature_floor,
+                             ema=importance.ema)
     return MagnitudeScorer()
 
 

@@ -53,6 +53,9 @@ def time_steps(model, params, batch, steps: int, warmup: int, precision: str) ->
     """Seconds of each timed AdamW step; autocast wraps the forward only, as Lightning's MixedPrecision does."""
     import torch
 
+    chosen = {id(p) for p in params}  # exactly `params` train, in both trees (the rule set_trainable applies)
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     times = []
     for i in range(warmup + steps):
@@ -74,7 +77,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from basel_app.config.schema import ModelConfig
     from basel_app.lit.trainable import all_parameters, reparameterized_parameters
-    from basel_app.lowrank import lowrank_layers, recompose_model, reparameterize
+    from basel_app import lowrank
     from basel_app.models import load_model
 
     precision = tree_precision(args.precision)
@@ -82,19 +85,24 @@ def worker(args: argparse.Namespace) -> None:
     model = load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig))).model.train()
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.tokens))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-    reparameterize(model, TARGETS, additional_dim=16)
+    if hasattr(lowrank, "basel_layers"):  # the current API: targets resolved by the caller
+        lowrank.reparameterize(model, lowrank.find_target_linears(model, TARGETS), additional_dim=16)
+        basel_layers = lowrank.basel_layers
+    else:  # 6d10212: name patterns, and the layers were called lowrank_layers
+        lowrank.reparameterize(model, TARGETS, additional_dim=16)
+        basel_layers = lowrank.lowrank_layers
     result = {"precision": precision, "tokens_per_step": ids.numel(), "threads": torch.get_num_threads()}
 
     phases = args.phases.split(",")
     if "keep" in phases:
         result["keep"] = time_steps(model, reparameterized_parameters(model), batch, args.steps, args.warmup, precision)
-    for layer in lowrank_layers(model).values():
+    for layer in basel_layers(model).values():
         s = layer.singular_values.detach().abs()
         layer.prune(s >= s.median())
     if "prune" in phases:
         result["prune"] = time_steps(model, reparameterized_parameters(model), batch, args.steps, args.warmup, precision)
     if "post_finetune" in phases:
-        recompose_model(model)
+        lowrank.recompose_model(model)
         result["post_finetune"] = time_steps(model, all_parameters(model), batch, args.steps, args.warmup, precision)
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -14,6 +14,7 @@ CROSS_LAYER_METHODS = ("bsi",)  # whose scores are loss changes, comparable acro
 # Basel/BSI's starting bases: svd (the paper) | whitened (SVD-LLM's) | asvd (ASVD's), see METHODS.md.
 BASIS_INITS = ("svd", "whitened", "asvd")
 ALLOCATIONS = ("per_layer", "global")
+HESSIAN_ESTIMATORS = ("hutchinson", "fisher", "gnb")  # BSI's diag(H): see basel_app/methods/importance.py
 HVP_MODES = ("finite_difference", "double_backward")
 SCORE_VARIANTS = ("both", "first", "second")
 TASK_NAMES = ("math", "code", "lm")

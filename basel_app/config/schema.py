@@ -22,6 +22,7 @@ from basel_app.config.names import (
     CROSS_LAYER_METHODS,
     DENSE_METHODS,
     DTYPES,
+    HESSIAN_ESTIMATORS,
     HVP_MODES,
     LLAMA_LINEARS,
     LOGGERS,
@@ -128,18 +129,24 @@ class TaskConfig:
 
 @dataclass
 class ImportanceConfig:
-    """BSI's Taylor importance (METHODS.md, BSI): M batches, K Hutchinson probes, ε scale, HVP mode."""
+    """BSI's Taylor importance (METHODS.md, BSI): M batches, the diag(H) estimator (K Hutchinson probes, ε
+    scale, HVP mode; or Fisher / GNB outer products), a floor on H_ii and an EMA across pruning events."""
 
     batches: int = 4  # M: training batches the statistics are averaged over, per pruning event
     probes: int = 8  # K: Rademacher probes per batch (2 gradient evaluations each)
     eps_scale: float = 1e-3  # ε per layer = eps_scale × RMS of its kept s̃ (see BSIImportance)
     hvp: str = "finite_difference"  # or double_backward: the exact product, for validation on small models
+    hessian: str = "hutchinson"  # diag(H) estimator: hutchinson (the paper) | fisher | gnb (Gauss-Newton-Bartlett)
+    curvature_floor: float | None = 0.0  # H_ii is clamped from below to this; null: the raw estimate
+    ema: float = 0.0  # β: per-basis EMA of g and diag(H) across pruning events; 0 = this event's only
 
     def __post_init__(self) -> None:
         _require(self.batches >= 1, f"method.importance.batches={self.batches} is not allowed; it must be >= 1")
         _require(self.probes >= 1, f"method.importance.probes={self.probes} is not allowed; Hutchinson needs K >= 1")
         _require(self.eps_scale > 0, f"method.importance.eps_scale={self.eps_scale} is not allowed; ε must be > 0")
         _one_of("method.importance.hvp", self.hvp, HVP_MODES)
+        _one_of("method.importance.hessian", self.hessian, HESSIAN_ESTIMATORS)
+        _require(0 <= self.ema < 1, f"method.importance.ema={self.ema} is not allowed; β must be in [0, 1)")
 
 
 @dataclass

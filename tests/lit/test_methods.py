@@ -43,6 +43,17 @@ def test_every_method_lands_within_two_percent_of_compression_ratio_2(compose_co
         assert all(r["score_signal_to_noise_median"] is None for r in saved["importance"])
 
 
+@pytest.mark.parametrize("hessian, cost", [("fisher", 2), ("gnb", 4)])
+def test_bsi_with_outer_product_curvature_records_its_samples_and_cost(compose_config, tmp_path, hessian, cost):
+    metrics = run(tiny_config(compose_config, tmp_path, "method=bsi", "method.compression_ratio=2",
+                              "eval.enabled=false", "method.importance.batches=2",
+                              f"method.importance.hessian={hessian}", "method.importance.ema=0.5"))
+    records = metrics["importance"]
+    assert len(records) == 4 and [r["event"] for r in records] == [1, 2, 3, 4]
+    assert all(r["gradient_evaluations"] == cost and r["samples"] == 8 for r in records)  # 2 batches of 4
+    assert all(r["hessian_negative_fraction"] == 0 and r["score_signal_to_noise_median"] > 0 for r in records)
+
+
 def test_bsi_global_allocation_hits_the_target_with_ranks_that_differ_by_layer(compose_config, tmp_path):
     metrics = run(tiny_config(compose_config, tmp_path, "method=bsi", "method.compression_ratio=2",
                               "method.allocation=global", "eval.enabled=false", "method.importance.batches=2",

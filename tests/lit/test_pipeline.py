@@ -89,8 +89,11 @@ def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
 @pytest.mark.parametrize(
     "method",
     [("method=basel",),  # keep-ratio budget, magnitude scorer
-     ("method=bsi", "method.compression_ratio=1.8", "method.importance.batches=1", "method.importance.probes=2")],
-    ids=["basel", "bsi"],
+     ("method=bsi", "method.compression_ratio=1.8", "method.importance.batches=1", "method.importance.probes=2"),
+     # The EMA of g and diag(H) is state carried across events: it must come back from the checkpoint.
+     ("method=bsi", "method.compression_ratio=1.8", "method.importance.batches=2", "method.importance.hessian=gnb",
+      "method.importance.ema=0.5")],
+    ids=["basel", "bsi", "bsi_gnb_ema"],
 )
 def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path, monkeypatch, method):
     overrides = ("trainer.checkpoint_every_n_steps=2", "method.post_finetune_epochs=0", "eval.enabled=false", *method)
