@@ -65,8 +65,8 @@ def main() -> None:
     estimation, heldout = drawn[:most], drawn[most:]
 
     @torch.no_grad()
-    def mean_loss() -> float:
-        return sum(float(model(**b).loss) for b in heldout) / len(heldout)
+    def losses() -> torch.Tensor:
+        return torch.tensor([float(model(**b).loss) for b in heldout], dtype=torch.float64)
 
     # The sample: in each chosen layer, bases spread over the spectrum (index 0 is the largest).
     sample = []
@@ -74,21 +74,27 @@ def main() -> None:
         if int(name.split(".layers.")[1].split(".")[0]) in args.layers:
             r = params[index].numel()
             sample += [(index, i) for i in sorted({0, 1, 2, r // 8, r // 4, r // 2, 3 * r // 4, r - 1})]
-    base = mean_loss()
-    measured = []
+    base = losses()
+    per_batch = []
     for index, i in sample:
         with torch.no_grad():
             saved = float(params[index][i])
             params[index][i] = 0.0
-            measured.append(mean_loss() - base)
+            per_batch.append(losses() - base)
             params[index][i] = saved
-    measured = torch.tensor(measured, dtype=torch.float64)
+    per_batch = torch.stack(per_batch)  # (bases, held-out batches)
+    measured = per_batch.mean(1)
+    # How far the measurement itself ranks reproducibly: its two halves of held-out batches against each
+    # other. No predictor can agree with the measured ΔL much better than this.
+    half = args.heldout // 2
+    reliability = spearman(per_batch[:, :half].mean(1), per_batch[:, half:].mean(1)) if half else float("nan")
     magnitude = torch.tensor([abs(float(params[index][i])) for index, i in sample], dtype=torch.float64)
     b = data.train_batch_size
-    print(f"SmolLM2, q/k/o_proj of layers {args.layers}: {len(sample)} bases; held-out loss {base:.4f} on "
+    print(f"SmolLM2, q/k/o_proj of layers {args.layers}: {len(sample)} bases; held-out loss {float(base.mean()):.4f} on "
           f"{args.heldout} GSM8K train batches of {b} (max_length {args.max_length}), disjoint from the "
           f"estimators' first {most} batches; measured ΔL from {float(measured.min()):+.2e} to "
-          f"{float(measured.max()):+.2e} ({time.perf_counter() - start:.0f} s)")
+          f"{float(measured.max()):+.2e}; split-half Spearman of the measurement {reliability:.3f} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
     print("| estimator | M batches | K | gradient evaluations | examples | s | Spearman: both | both, no floor "
           "| first | second |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
