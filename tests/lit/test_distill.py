@@ -98,9 +98,9 @@ def test_a_trained_step_changes_the_student_only_and_checkpoints_leave_the_teach
     assert set(saved) == set(module.state_dict())
 
 
-@pytest.mark.parametrize("method", ["basel", "svd"])
-def test_the_pipeline_distils_in_every_training_stage_and_records_it(compose_config, tmp_path, monkeypatch, method):
-    """Stage 1 (basel) and stage 2 (both) train with a teacher that is the input model, unchanged by the run."""
+@pytest.fixture
+def built_modules(monkeypatch) -> list[CompressionModule]:
+    """Every CompressionModule the pipeline builds during the test, in order."""
     modules = []
     original_init = CompressionModule.__init__
 
@@ -109,6 +109,13 @@ def test_the_pipeline_distils_in_every_training_stage_and_records_it(compose_con
         modules.append(self)
 
     monkeypatch.setattr(CompressionModule, "__init__", record)
+    return modules
+
+
+@pytest.mark.parametrize("method", ["basel", "svd"])
+def test_the_pipeline_distils_in_every_training_stage_and_records_it(compose_config, tmp_path, built_modules, method):
+    """Stage 1 (basel) and stage 2 (both) train with a teacher that is the input model, unchanged by the run."""
+    modules = built_modules
     metrics = run(tiny_config(compose_config, tmp_path, f"method={method}", "method.compression_ratio=1.5",
                               "method.distill.alpha=0.5", "method.distill.temperature=2.0", "eval.enabled=false"))
     assert metrics["config"]["method"]["distill"] == {"alpha": 0.5, "temperature": 2.0}
@@ -125,14 +132,7 @@ def test_the_pipeline_distils_in_every_training_stage_and_records_it(compose_con
     assert kl and all(k > -1e-6 for k in kl)  # KL >= 0 up to rounding (stage 1 starts at the teacher)
 
 
-def test_alpha_zero_keeps_no_teacher(compose_config, tmp_path, monkeypatch):
-    modules = []
-    original_init = CompressionModule.__init__
-
-    def record(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        modules.append(self)
-
-    monkeypatch.setattr(CompressionModule, "__init__", record)
+def test_alpha_zero_keeps_no_teacher(compose_config, tmp_path, built_modules):
+    modules = built_modules
     run(tiny_config(compose_config, tmp_path, "method=svd", "method.compression_ratio=1.5", "eval.enabled=false"))
     assert modules and all(m.distill is None for m in modules)
