@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from basel_app.data.datamodule import Encoded, PadCollator, pad_token_id_of
+from basel_app.modes import eval_mode
 
 
 def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,14 +45,12 @@ def answer_loss(model: nn.Module, tokenizer: Any, examples: list[Encoded | None]
         raise ValueError(f"all {len(examples)} examples were skipped as too long; raise the max length")
     collate = PadCollator(pad_token_id_of(tokenizer))
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     nll, tokens = 0.0, 0
-    for start in range(0, len(kept), batch_size):
-        batch = {k: v.to(device) for k, v in collate(kept[start : start + batch_size]).items()}
-        batch_nll, batch_tokens = answer_nll(model, batch)
-        nll += float(batch_nll)
-        tokens += int(batch_tokens)
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(kept), batch_size):
+            batch = {k: v.to(device) for k, v in collate(kept[start : start + batch_size]).items()}
+            batch_nll, batch_tokens = answer_nll(model, batch)
+            nll += float(batch_nll)
+            tokens += int(batch_tokens)
     return {**loss_summary(nll, tokens), "answer_tokens": tokens, "items": len(kept),
             "skipped": len(examples) - len(kept)}
