@@ -217,7 +217,7 @@ class MethodConfig:
         _require(
             self.compression_ratio is None or self.target_params is None,
             f"method.compression_ratio={self.compression_ratio} and method.target_params={self.target_params} "
-            "are both set; give one size budget",
+            "are both set; give one size budget and set the other to null",
         )
         _require(
             self.compression_ratio is None or self.compression_ratio > 1,
@@ -370,6 +370,26 @@ class RunConfig(EvaluateConfig):
             f"model.dtype={self.model.dtype} is not allowed with method=bsi: its ±ε perturbation of s̃ needs "
             "float32 singular values (bf16 autocast still applies under trainer=gpu)",
         )
+
+
+# The size budget's fields, by precedence: the first one set decides the model's size.
+BUDGET_KEYS = ("target_params", "compression_ratio", "keep_ratio")
+
+
+def refuse_shadowed_budget(method: MethodConfig, overrides: list[str]) -> None:
+    """A budget given on the command line that a higher-precedence one (set by a profile, e.g. scale=cpu's
+    compression_ratio) overrides would be ignored: a sweep over it would train the same model again and again."""
+    given = {o.split("=", 1)[0].lstrip("+~").removeprefix("method."): o for o in overrides if "=" in o}
+    for rank, key in enumerate(BUDGET_KEYS):
+        if key not in given or getattr(method, key) is None:
+            continue
+        for stronger in BUDGET_KEYS[:rank]:
+            value = getattr(method, stronger)
+            if value is not None:
+                raise ConfigError(
+                    f"{given[key]} is ignored: method.{stronger}={value} is also set (the profile or method "
+                    f"config sets it) and takes precedence; add method.{stronger}=null to budget by {key}"
+                )
 
 
 def register_schema() -> None:

@@ -25,6 +25,7 @@ TINY = [
     "task.max_train_samples=16",
     "task.max_eval_samples=8",
     "task.max_length=640",
+    "method.compression_ratio=null",  # scale=cpu budgets by compression_ratio; the tiny runs by keep_ratio
     "method.keep_ratio=0.5",
     "method.pruning_times=4",
     "method.post_finetune_epochs=1",
@@ -160,7 +161,7 @@ def test_wandb_logs_spectra_offline_without_an_account(compose_config, tmp_path,
 
 @pytest.mark.parametrize(
     "extra",
-    [(),  # the teacher of a distilling run after stage 0 is the stage-0 model, reloaded on resume
+    [("method.distill.alpha=0",),  # the teacher of a distilling run after stage 0 is the stage-0 model, reloaded on resume
      ("method.distill.alpha=0.5", "method.pre_finetune_epochs=1", "method.pre_finetune_lr=1e-3")],
     ids=["plain", "distill_after_stage_0"],
 )
