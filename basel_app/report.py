@@ -86,7 +86,8 @@ def run_config(run_dir: Path) -> dict[str, Any] | None:
 
 def find_runs(root: Path) -> list[Path]:
     """Every run dir below `root` (or `root` itself), in path order: job 0, 1, ... of a sweep."""
-    candidates = {p.parent for p in root.rglob("metrics.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    candidates = {p.parent for p in root.rglob("metrics.json")}
+    candidates |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     runs = []
     for candidate in sorted(candidates):
         config = run_config(candidate)
@@ -227,7 +228,8 @@ def write_report(root: Path) -> list[Path]:
     left_out = sum(row.status != "finished" for row in rows)
     title = f"Quality against model size: {root.resolve().name}" + (
         f" ({left_out} failed or unfinished run{'s' * (left_out != 1)} not drawn, see results.md)" if left_out else "")
-    figure = quality_vs_size_figure(curves, metrics, title, inputs=[SizePoint(row.params, row.metrics) for row in inputs])
+    figure = quality_vs_size_figure(curves, metrics, title,
+                                    inputs=[SizePoint(row.params, row.metrics) for row in inputs])
     save_figure(figure, png_path)
     loggers = [config["logger"] for config in map(run_config, runs) if config["logger"]["name"] == "wandb"]
     if loggers:

@@ -43,7 +43,8 @@ def run_sweep_killing_its_last_job(sweep, log_path):
     deadline = time.monotonic() + 300
     try:
         while not (sweep / "5_basel" / "checkpoints").is_dir():
-            assert job.poll() is None, f"the sweep ended before its last job was killed:\n{log_path.read_text()[-3000:]}"
+            assert job.poll() is None, (
+                f"the sweep ended before its last job was killed:\n{log_path.read_text()[-3000:]}")
             assert time.monotonic() < deadline, "the sweep took more than 5 minutes"
             time.sleep(0.02)
     finally:
