@@ -1,17 +1,24 @@
-"""What both command lines share: one log stream, and config errors as one line before any work."""
+"""What both command lines share: one log stream, config errors as one line before any work, and a run that
+ends in an error marked as failed in its output dir."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from basel_app.config.errors import ConfigError
+from basel_app.files import atomic_write_json
 
 log = logging.getLogger("basel_app")
+
+# Left in a run dir by a run that ended in an error: {"error": "<type>: <message>"}. A run killed outright
+# (SIGKILL, a lost node) leaves neither it nor metrics.json.
+FAILED_MARKER = "failed.json"
 
 
 class _DropLightningTips(logging.Filter):
@@ -36,11 +43,17 @@ def run_validated(cfg: DictConfig, job: Callable[[Any], Any]) -> None:
     """Validate `cfg` into its dataclasses (types, ranges, cross-field rules), then run `job` on them.
 
     A ConfigError — from the dataclasses or from the job's own pre-flight checks — ends the process with
-    one line naming the bad value and exit status 2.
+    one line naming the bad value and exit status 2. Any error leaves `FAILED_MARKER` in the output dir
+    (what `python -m basel_app.report` lists a failed run by); a new attempt on that dir removes it first.
     """
     route_lightning_logs_through_hydra()
+    marker = Path(cfg.output_dir) / FAILED_MARKER
+    marker.unlink(missing_ok=True)
     try:
         job(OmegaConf.to_object(cfg))
-    except ConfigError as err:
+    except Exception as err:
+        atomic_write_json(marker, {"error": f"{type(err).__name__}: {err}"})
+        if not isinstance(err, ConfigError):
+            raise
         log.error("%s", err)
         sys.exit(2)

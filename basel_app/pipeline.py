@@ -11,7 +11,8 @@
    recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result.
    The dense reference (`method=finetune`) skips it.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
-6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
+6. Evaluate, then write `compressed_model/`, the pictures (`spectra.png`, `ranks.png`) and, last, `metrics.json`
+   (each complete or absent).
 
 Stages 0 and 1 each end in a saved model (a stage boundary), so a resumed run that finds one skips
 what produced it; within a stage, a run dir that holds checkpoints is resumed from them."""
@@ -69,6 +70,7 @@ from basel_app.lowrank.factorizations import Factorization
 from basel_app.methods.distillation import Distillation
 from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, truncate_layers
 from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
+from basel_app.plots import save_run_pictures
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +224,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "precision": resolve_precision(cfg.trainer),
         "config": asdict(cfg),
     }
-    atomic_write_json(out / "metrics.json", metrics)
-    log_summary(logger, metrics)
+    pictures = save_run_pictures(out, ctx.spectra.stages, metrics["ranks"], run_name=f"{cfg.method.name}, {out.name}")
+    atomic_write_json(out / "metrics.json", metrics)  # last: a run dir with metrics.json is a finished run
+    log_summary(logger, metrics, pictures)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     log.info(
         "compression %.3fx: %d -> %d parameters, %.1f -> %.1f MB; answer loss %s -> %s",
@@ -279,7 +282,7 @@ def compress_one_shot(
     """Stage 1 of a one-shot baseline, in place: statistics on training batches, the method's factorisation
     of every targeted layer, truncation to the budget. Returns what stage 1 found (ranks, conditioning)."""
     factorizations = factorize_targets(ctx, model, targets, ctx.cfg.method.name)
-    ctx.spectra.add("decomposition", {name: f.values for name, f in factorizations.items()}, ctx.logger)
+    ctx.spectra.add("decomposition", {name: f.values for name, f in factorizations.items()})
     ctx.clock.split("decompose")
     ranks = truncate_layers(model, targets, factorizations, budget)
     ctx.clock.split("truncate")
@@ -329,22 +332,22 @@ def compress(
     ctx.clock.split("prune")
 
     # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
-    spectra.add("pruned", kept_singular_values(model), ctx.logger, trainer.global_step)
+    spectra.add("pruned", kept_singular_values(model))
     ranks = recompose_model(model)
-    spectra.add("recomposed", recomposed_singular_values(model, list(ranks)), ctx.logger, trainer.global_step)
+    spectra.add("recomposed", recomposed_singular_values(model, list(ranks)))
     ctx.clock.split("recompose")
     return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records}
 
 
-def log_summary(logger: Logger, metrics: dict[str, Any]) -> None:
-    """The headline numbers as metrics, and the per-layer ranks as a table where the logger has tables."""
+def log_summary(logger: Logger, metrics: dict[str, Any], pictures: dict[str, Path]) -> None:
+    """The headline numbers as metrics, and the run's pictures (spectra, ranks) where the logger takes images."""
     summary = {key: float(metrics[key]) for key in ("compression_ratio", "params_compressed", "size_bytes_compressed")}
     for when in ("before", "after"):
         summary.update(headline_numbers(metrics["eval"][when], f"eval_{when}"))
     logger.log_metrics(summary)
     if isinstance(logger, WandbLogger):
-        rows = [[name, r["kind"], r["rank"], r["out_features"], r["in_features"]] for name, r in metrics["ranks"].items()]
-        logger.log_table("ranks", columns=["layer", "kind", "rank", "out_features", "in_features"], data=rows)
+        for key, path in pictures.items():
+            logger.log_image(key, [str(path)])
     logger.save()
 
 

@@ -148,15 +148,18 @@ def test_a_run_killed_between_recomposition_and_saving_resumes_exactly(compose_c
     assert spectra[0] == spectra[1]
 
 
-def test_wandb_logs_spectra_offline_without_an_account(compose_config, tmp_path, monkeypatch):
+def test_wandb_logs_the_run_pictures_offline_without_an_account(compose_config, tmp_path, monkeypatch):
     for var in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     run(tiny_config(compose_config, tmp_path, "logger=wandb", "method.post_finetune_epochs=0"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    tables = {p.name.split("_")[0] for p in runs[0].rglob("*.table.json")}
-    assert {"decomposition", "relearned", "pruned", "recomposed", "ranks"} <= tables
+    images = {p.name.split("_")[0]: p for p in runs[0].rglob("media/images/*.png")}
+    assert set(images) == {"spectra", "ranks"}
+    for key, logged in images.items():  # the very pictures written to the run dir
+        assert logged.read_bytes() == (tmp_path / f"{key}.png").read_bytes()
+    assert not list(runs[0].rglob("*.table.json"))  # no raw rows of values any more
 
 
 @pytest.mark.parametrize(

@@ -26,9 +26,9 @@ class KeepPhase(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "decomposition" not in self.spectra.stages:
-            self.spectra.add("decomposition", kept_singular_values(pl_module.model), trainer.logger, trainer.global_step)
+            self.spectra.add("decomposition", kept_singular_values(pl_module.model))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch + 1 == self.keeping_epochs:
             self.clock.split("keep")
-            self.spectra.add("relearned", kept_singular_values(pl_module.model), trainer.logger, trainer.global_step)
+            self.spectra.add("relearned", kept_singular_values(pl_module.model))
