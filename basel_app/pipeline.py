@@ -48,7 +48,7 @@ from basel_app.lit.callbacks import (
     SpectraRecord,
     full_rank_weights,
 )
-from basel_app.lit.callbacks.keep_phase import kept_singular_values
+from basel_app.lit.callbacks.keep_phase import kept_bases, kept_singular_values
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer, resolve_precision
@@ -71,6 +71,9 @@ from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, tr
 from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
 
 log = logging.getLogger(__name__)
+
+# Basel/BSI runs: which of the input's bases each layer kept, with their relearned weights (`kept_bases`).
+KEPT_BASES_FILE = "kept_bases.json"
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         else:
             stage1 = compress_one_shot(ctx, model, targets, budget)
         atomic_write_json(out / "spectra.json", ctx.spectra.stages)
+        if "kept_bases" in stage1:
+            atomic_write_json(out / KEPT_BASES_FILE, stage1.pop("kept_bases"))
         save_compressed(model, tokenizer, boundary, metadata=stage1, overwrite=True)
         shutil.rmtree(checkpoints / "compress", ignore_errors=True)  # the boundary supersedes stage-1 checkpoints
     recomposed_ranks = stage1["recomposed_ranks"]
@@ -330,10 +335,11 @@ def compress(
 
     # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
     spectra.add("pruned", kept_singular_values(model), ctx.logger, trainer.global_step)
+    kept = kept_bases(model)
     ranks = recompose_model(model)
     spectra.add("recomposed", recomposed_singular_values(model, list(ranks)), ctx.logger, trainer.global_step)
     ctx.clock.split("recompose")
-    return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records}
+    return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records, "kept_bases": kept}
 
 
 def log_summary(logger: Logger, metrics: dict[str, Any]) -> None:
