@@ -8,7 +8,8 @@
 3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
 4. Stage 1 — Basel/BSI: reparameterize (Eq. 3; with `method.init` != svd, on a one-shot baseline's
    factorisation from calibration batches), one `Trainer.fit` of the keep and prune phases, then
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result.
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result
+   (and, for Basel/BSI, `kept_bases.json`: which of the input's bases each layer kept).
    The dense reference (`method=finetune`) skips it.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
 6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
@@ -306,7 +307,7 @@ def compress(
 ) -> dict[str, Any]:
     """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22), in place: reparameterize the targets, fit the keep
     and prune phases (resumable from stage-1 checkpoints), recompose. Returns what stage 1 found (each
-    layer's rank, BSI's importance records)."""
+    layer's rank, BSI's importance records, the bases each layer kept)."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
     stage1: dict[str, Any] = {}
     factorizations = None  # init=svd: the paper's plain SVD, taken by reparameterize itself
