@@ -96,15 +96,17 @@ def linear_sections(model: torch.nn.Module, layers: list[int], linears: list[str
     return sections
 
 
-def kept_sections(run_dir: Path, layers: list[int], count: int, tokens: int) -> dict[str, Any]:
-    """Which of the input's bases each chosen layer of a Basel/BSI run kept, and the strongest kept and
-    pruned ones de-embedded from the input model (when the run's bases are the input model's plain SVD)."""
+def kept_sections(run_dir: Path, model: torch.nn.Module, layers: list[int], count: int, tokens: int) -> dict[str, Any]:
+    """Which of the input's bases each chosen layer of a Basel/BSI run (`model`: its compressed model) kept,
+    and the strongest kept and pruned ones de-embedded from the input model, loaded here, when the run's
+    bases are the input model's plain SVD."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     record_file = run_dir / KEPT_BASES_FILE
     if not record_file.is_file():
         return {"note": f"no {KEPT_BASES_FILE}: method {metrics['method']} relearns and prunes no bases (only "
                         "basel and bsi do), or the run predates the record"}
     kept = json.loads(record_file.read_text())
+    decomposition = json.loads((run_dir / "spectra.json").read_text())["decomposition"]
     method = metrics["config"]["method"]
     readable = method["init"] == "svd" and method["pre_finetune_epochs"] == 0
     if not readable:
@@ -114,43 +116,49 @@ def kept_sections(run_dir: Path, layers: list[int], count: int, tokens: int) -> 
         note = "method.free_bases=true: the bases trained on; the tokens are those of the input's bases"
     else:
         note = None
-    loaded = load_model(ModelConfig(**metrics["config"]["model"]))
-    model, names = loaded.model, {module: name for name, module in loaded.model.named_modules()}
-    read = token_reader(model, loaded.tokenizer, tokens)
+    names = {module: name for name, module in model.named_modules()}  # the input's names: only modules swapped
+    original = load_model(ModelConfig(**metrics["config"]["model"])) if readable else None
+    read = token_reader(original.model, original.tokenizer, tokens) if original else None
     sections = []
     for layer in layers:
-        block = model.model.layers[layer]
+        input_block = original.model.model.layers[layer] if original else None
         for linear in BLOCK_LINEARS:
-            name = names[block_linear(block, linear)]
+            name = names[block_linear(model.model.layers[layer], linear)]
             if name in kept:
-                sections.append(kept_section(block, layer, linear, kept[name], count, read if readable else None))
+                sections.append(kept_section(input_block, layer, linear, kept[name], decomposition[name], count,
+                                             read))
     return {"method": metrics["method"], "task": metrics["task"], "base_model": metrics["model"], "note": note,
             "layers": sections}
 
 
-def kept_section(block: torch.nn.Module, layer: int, linear: str, record: dict[str, list], count: int,
-                 read: ReadTokens | None) -> dict[str, Any]:
-    module = block_linear(block, linear)
-    original = BaselLinear.from_linear(module, additional_dim=0)  # the run's own decomposition of the input
-    bases = Factorization(original.U.detach(), original.singular_values.detach(), original.V.detach())
-    rank = bases.values.numel()
-    if record["index"] and record["index"][-1] >= rank:
-        raise ConfigError(f"layer {layer} {linear}: the run kept basis {record['index'][-1]} but the input model "
-                          f"has {rank} bases; is the run's input model the one loaded now?")
+def kept_section(block: torch.nn.Module | None, layer: int, linear: str, record: dict[str, list], decomposed: list[float],
+                 count: int, read: ReadTokens | None) -> dict[str, Any]:
+    """One layer's kept bases (`record`: kept_bases.json's entry) among the `decomposed` ones (their
+    singular values at the run's decomposition, spectra.json's); tokens, from the input `block`, when `read`
+    is given."""
     weights = dict(zip(record["index"], record["weight"]))
+    rank = len(decomposed)
     strongest_kept = sorted(weights, key=lambda i: -abs(weights[i]))[:count]
     strongest_pruned = [i for i in range(rank) if i not in weights][:count]
-    directions = residual_directions(block, linear, bases)
-
-    def rows(indices: list[int]) -> list[dict]:
-        if read is None:
-            return [{"index": i, "singular_value": float(bases.values[i])} for i in indices]
-        return basis_rows(bases, directions, indices, read)
-
+    if read is None:
+        kept_rows, pruned_rows = ([{"index": i, "singular_value": decomposed[i]} for i in indices]
+                                  for indices in (strongest_kept, strongest_pruned))
+    else:
+        original = BaselLinear.from_linear(block_linear(block, linear), additional_dim=0)  # as the run decomposed it
+        bases = Factorization(original.U.detach(), original.singular_values.detach(), original.V.detach())
+        # Another input model (a new revision, another dtype) would have other bases under the same indices.
+        if bases.values.numel() != rank or not torch.allclose(bases.values.double(), torch.tensor(decomposed).double(),
+                                                              rtol=1e-4, atol=1e-6):
+            raise ConfigError(f"layer {layer} {linear}: the input model loaded now is not the one the run decomposed "
+                              "(its singular values differ from spectra.json's); check the model source in "
+                              "metrics.json")
+        directions = residual_directions(block, linear, bases)
+        kept_rows, pruned_rows = (basis_rows(bases, directions, indices, read)
+                                  for indices in (strongest_kept, strongest_pruned))
     return {"layer": layer, "linear": linear, "rank": rank, "kept": len(weights),
             "kept_bases": [{"index": i, "weight": w} for i, w in weights.items()],
-            "most_kept": [{**row, "weight": weights[row["index"]]} for row in rows(strongest_kept)],
-            "most_pruned": rows(strongest_pruned)}
+            "most_kept": [{**row, "weight": weights[row["index"]]} for row in kept_rows],
+            "most_pruned": pruned_rows}
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -206,7 +214,7 @@ def render(report: dict[str, Any]) -> str:
                            [[s["layer"], s["linear"], f"{s['kept']} / {s['rank']}",
                              index_ranges([b["index"] for b in s["kept_bases"]])] for s in kept["layers"]]))
         parts.append(table(
-            ["layer", "linear", "", "basis", "σ input", "s̃ relearned", "top tokens"],
+            ["layer", "linear", "which", "basis", "σ input", "s̃ relearned", "top tokens"],
             [[s["layer"], s["linear"], which, b["index"], f"{b['singular_value']:.3g}",
               f"{b['weight']:.3g}" if "weight" in b else "pruned", shown(b.get("tokens", []))]
              for s in kept["layers"] for which, key in (("kept", "most_kept"), ("pruned", "most_pruned"))
@@ -242,12 +250,13 @@ def interpret(cfg: InterpretConfig) -> dict[str, Any]:
     report: dict[str, Any] = {
         "label": label,
         "model": provenance,
-        "settings": {"layer": cfg.layer, "head": cfg.head, "bases": cfg.bases, "tokens": cfg.tokens},
+        "settings": {"layer": cfg.layer, "head": cfg.head, "ov": cfg.ov, "linears": cfg.linears, "bases": cfg.bases,
+                     "tokens": cfg.tokens},
         "heads": head_sections(model, layers, heads, cfg.bases, read) if cfg.ov else [],
         "linears": linear_sections(model, layers, cfg.linears, cfg.bases, read),
     }
     if run_dir:
-        report["kept"] = kept_sections(run_dir, layers, cfg.bases, cfg.tokens)
+        report["kept"] = kept_sections(run_dir, model, layers, cfg.bases, cfg.tokens)
     text = render(report)
     out = run_dir or Path(cfg.output_dir)
     atomic_write_json(out / "interpret.json", report)

@@ -47,7 +47,7 @@ def test_reads_every_head_of_a_layer_and_a_linear_of_a_plain_model(tmp_path):
 
 
 @torch.no_grad()
-def test_a_finished_run_says_which_input_bases_each_layer_kept(compose_config, tmp_path):
+def test_a_finished_run_says_which_input_bases_each_layer_kept(compose_config, tmp_path, monkeypatch):
     out = tmp_path / "run"
     run(tiny_config(compose_config, out, "method.additional_dim=0", "method.post_finetune_epochs=0",
                     "eval.enabled=false"))
@@ -80,6 +80,17 @@ def test_a_finished_run_says_which_input_bases_each_layer_kept(compose_config, t
         assert [b["index"] for b in section["most_pruned"]] == [i for i in range(section["rank"]) if i not in weights][:2]
         assert all(len(b["tokens"]) == 3 for b in section["most_kept"] + section["most_pruned"])
     assert "## What the run kept of the input's bases" in (out / "interpret.md").read_text()
+
+    # Bases that are not the input's plain SVD (here: as if method.init=whitened) are listed without tokens,
+    # and the input model is not loaded for them.
+    metrics["config"]["method"]["init"] = "whitened"
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr("basel_app.interpret.load_model", None)
+    report = interpret(interpret_config(tmp_path / "unused", f"run_dir={out}", "layer=1", "bases=2", "ov=false"))
+    assert report["kept"]["note"].startswith("tokens omitted") and len(report["kept"]["layers"]) == 7
+    for section in report["kept"]["layers"]:
+        assert all(set(b) == {"index", "singular_value", "weight"} for b in section["most_kept"])
+        assert all(set(b) == {"index", "singular_value"} for b in section["most_pruned"])
 
 
 @pytest.mark.parametrize("override, message", [
