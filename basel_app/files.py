@@ -30,7 +30,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

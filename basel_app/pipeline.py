@@ -8,7 +8,8 @@
 3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
 4. Stage 1 — Basel/BSI: reparameterize (Eq. 3; with `method.init` != svd, on a one-shot baseline's
    factorisation from calibration batches), one `Trainer.fit` of the keep and prune phases, then
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result.
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result
+   (and, for Basel/BSI, `kept_bases.json`: which of the input's bases each layer kept).
    The dense reference (`method=finetune`) skips it.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
 6. Evaluate, then write `compressed_model/`, the pictures (`spectra.png`, `ranks.png`) and, last, `metrics.json`
@@ -49,7 +50,7 @@ from basel_app.lit.callbacks import (
     SpectraRecord,
     full_rank_weights,
 )
-from basel_app.lit.callbacks.keep_phase import kept_singular_values
+from basel_app.lit.callbacks.keep_phase import kept_bases, kept_singular_values
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer, resolve_precision
@@ -73,6 +74,9 @@ from basel_app.models import check_model_source, load_compressed, load_model, re
 from basel_app.plots import save_run_pictures
 
 log = logging.getLogger(__name__)
+
+# Basel/BSI runs: which of the input's bases each layer kept, with their relearned weights (`kept_bases`).
+KEPT_BASES_FILE = "kept_bases.json"
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         else:
             stage1 = compress_one_shot(ctx, model, targets, budget)
         atomic_write_json(out / "spectra.json", ctx.spectra.stages)
+        if "kept_bases" in stage1:
+            atomic_write_json(out / KEPT_BASES_FILE, stage1.pop("kept_bases"))
         save_compressed(model, tokenizer, boundary, metadata=stage1, overwrite=True)
         shutil.rmtree(checkpoints / "compress", ignore_errors=True)  # the boundary supersedes stage-1 checkpoints
     recomposed_ranks = stage1["recomposed_ranks"]
@@ -304,7 +310,7 @@ def compress(
 ) -> dict[str, Any]:
     """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22), in place: reparameterize the targets, fit the keep
     and prune phases (resumable from stage-1 checkpoints), recompose. Returns what stage 1 found (each
-    layer's rank, BSI's importance records)."""
+    layer's rank, BSI's importance records, the bases each layer kept)."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
     stage1: dict[str, Any] = {}
     factorizations = None  # init=svd: the paper's plain SVD, taken by reparameterize itself
@@ -333,10 +339,11 @@ def compress(
 
     # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
     spectra.add("pruned", kept_singular_values(model))
+    kept = kept_bases(model)
     ranks = recompose_model(model)
     spectra.add("recomposed", recomposed_singular_values(model, list(ranks)))
     ctx.clock.split("recompose")
-    return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records}
+    return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records, "kept_bases": kept}
 
 
 def log_summary(logger: Logger, metrics: dict[str, Any], pictures: dict[str, Path]) -> None:

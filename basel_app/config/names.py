@@ -34,5 +34,7 @@ LOGGERS = ("wandb", "csv")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 POST_FINETUNE_PARAMS = ("all", "lowrank")
+# The linear layers of one Llama decoder block.
+BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Every linear layer of a Llama decoder plus the output head (METHODS.md, "Which layers").
-LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+LLAMA_LINEARS = [*BLOCK_LINEARS, "lm_head"]

@@ -6,7 +6,7 @@ model loads with plain `AutoModelForCausalLM.from_pretrained(dir)`, without trus
 
 from basel_app.models.byte_tokenizer import byte_tokenizer
 from basel_app.models.compressed_io import is_compressed_dir, load_compressed, read_metadata, save_compressed
-from basel_app.models.loading import LoadedModel, ModelSourceError, check_model_source, load_model
+from basel_app.models.loading import LoadedModel, ModelSourceError, check_model_source, load_config, load_model
 from basel_app.models.lowrank_llama import (
     LowRankLlamaConfig,
     LowRankLlamaForCausalLM,
@@ -23,6 +23,7 @@ __all__ = [
     "byte_tokenizer",
     "check_model_source",
     "is_compressed_dir",
+    "load_config",
     "load_compressed",
     "load_model",
     "read_metadata",

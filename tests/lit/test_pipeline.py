@@ -146,6 +146,8 @@ def test_a_run_killed_between_recomposition_and_saving_resumes_exactly(compose_c
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
     spectra = [json.loads((d / "spectra.json").read_text()) for d in (tmp_path / "uninterrupted", out)]
     assert spectra[0] == spectra[1]
+    kept = [json.loads((d / pipeline.KEPT_BASES_FILE).read_text()) for d in (tmp_path / "uninterrupted", out)]
+    assert kept[0] == kept[1]
 
 
 def test_wandb_logs_the_run_pictures_offline_without_an_account(compose_config, tmp_path, monkeypatch):
