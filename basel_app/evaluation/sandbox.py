@@ -222,11 +222,12 @@ def _run(
     chosen = _backend(backend, root)
     slot = _Slot.acquire() if root else None
     uid = None if slot is None else UID_BASE + slot.index
-    base = Path(tempfile.mkdtemp(prefix="basel-sandbox-"))  # 0700: nothing in it is for the program's eyes
+    base = Path(tempfile.mkdtemp(prefix="basel-sandbox-"))
     status: dict[str, Any] = {}
     try:
         if uid is not None:
             _sweep_uid(uid)  # a crashed earlier run may have left processes behind
+        os.chmod(base, 0o711)  # without a private tmpfs the uid passes through to work/, but lists nothing
         program = base / "main.py"
         _write_private(program, source.encode("utf-8"))
         work = base / "work"  # used only where the launcher cannot mount its private tmpfs

@@ -249,6 +249,16 @@ def _expose_interpreter(uid: int, staging_base: str) -> list[str]:
     return exposed
 
 
+def _place_program(work: str, source: bytes, uid: int | None) -> None:
+    """``main.py`` in the work dir, owned by the sandbox uid (0700 dir, 0600 file: no other sample reads it)."""
+    fd = os.open(os.path.join(work, "main.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(source)
+    if uid is not None:
+        for path in (work, os.path.join(work, "main.py")):
+            os.chown(path, uid, uid)
+
+
 def _private_tmp(base: str, uid: int, limits: dict[str, Any], source: bytes) -> list[str]:
     """One fresh tmpfs (size and inode capped) bound over every world-writable directory; returns the targets.
 
@@ -264,11 +274,7 @@ def _private_tmp(base: str, uid: int, limits: dict[str, Any], source: bytes) -> 
         os.chown(os.path.join(fs, name), uid, uid)
     work = os.path.join(fs, "tmp", os.path.basename(WORK))
     os.mkdir(work, 0o700)
-    fd = os.open(os.path.join(work, "main.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(source)
-    for path in (work, os.path.join(work, "main.py")):
-        os.chown(path, uid, uid)
+    _place_program(work, source, uid)
     covered = []
     for name, target in PRIVATE_DIRS.items():
         if not os.path.isdir(target):
@@ -551,10 +557,11 @@ def _isolate_files(config: dict[str, Any], status: dict[str, Any]) -> tuple[str,
     CAP_SYS_ADMIN) is reported in the status; the program then works in a host directory, as without root.
     """
     uid, base = config["uid"], config["base"]
+    source = Path(config["source"]).read_bytes()  # before /tmp (which holds it) is covered
     if uid is None:
         status["private_tmp"] = "none (not root)"
+        _place_program(config["work"], source, uid)
         return config["work"], []
-    source = Path(config["source"]).read_bytes()  # before /tmp (which holds it) is covered
     try:
         _unshare(_CLONE_NEWNS)
     except OSError as exc:
@@ -562,6 +569,7 @@ def _isolate_files(config: dict[str, Any], status: dict[str, Any]) -> tuple[str,
             raise OSError(exc.errno, f"the bwrap backend binds the launcher's private tmpfs: {exc}") from exc
         status["private_tmp"] = f"none ({exc})"
         status["mounts"] = _expose_interpreter(uid, base)  # raises if the interpreter needs the namespace
+        _place_program(config["work"], source, uid)
         return config["work"], []
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
     status["mounts"] = _expose_interpreter(uid, base)
