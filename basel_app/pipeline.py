@@ -39,6 +39,7 @@ from basel_app.config.errors import ConfigError
 from basel_app.config.names import PRUNING_SCORERS
 from basel_app.config.schema import MethodConfig, ModelConfig, RunConfig
 from basel_app.data import TaskDataModule
+from basel_app.decomposition_cache import DecompositionCache
 from basel_app.evaluate import evaluate_on_task, headline_numbers
 from basel_app.files import atomic_write_json
 from basel_app.lit.callbacks import (
@@ -69,7 +70,7 @@ from basel_app.lowrank import (
 from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budget
 from basel_app.lowrank.factorizations import Factorization
 from basel_app.methods.distillation import Distillation
-from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, truncate_layers
+from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, svd_bases_of, truncate_layers
 from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
 from basel_app.plots import save_run_pictures
 
@@ -112,6 +113,7 @@ class RunContext:
     spectra: SpectraRecord
     clock: PhaseClock
     out: Path
+    cache: DecompositionCache  # decompositions and calibration statistics on disk (cache.enabled)
     distill: Distillation | None = None  # the teacher of stages 1 and 2 (method.distill.alpha > 0)
 
 
@@ -147,7 +149,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
     clock.split("eval_before")
 
-    ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out)
+    cache = DecompositionCache(cfg.cache.dir if cfg.cache.enabled else None)
+    ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out, cache)
 
     # 3. Stage 0 (optional, any method): fine-tune the input model on the task; its result is a boundary too.
     checkpoints = out / "checkpoints"
@@ -274,7 +277,8 @@ def factorize_targets(
         batches = ctx.datamodule.calibration_batches(method.calibration_batches, seed=cfg.seed)
         return [{key: value.to(device) for key, value in batch.items()} for batch in batches]
 
-    return factorize_layers(method_name, model, targets, calibration, lambda m, b: m(**b).loss, method.asvd_alpha)
+    return factorize_layers(method_name, model, targets, calibration, lambda m, b: m(**b).loss, method.asvd_alpha,
+                            ctx.cache)
 
 
 def conditioning(factorizations: dict[str, Factorization]) -> dict[str, str]:
@@ -313,8 +317,9 @@ def compress(
     layer's rank, BSI's importance records, the bases each layer kept)."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
     stage1: dict[str, Any] = {}
-    factorizations = None  # init=svd: the paper's plain SVD, taken by reparameterize itself
-    if method.init != "svd":
+    if method.init == "svd":  # the paper's plain SVD
+        factorizations = svd_bases_of(targets, ctx.cache)
+    else:
         factorizations = factorize_targets(ctx, model, targets, INIT_FACTORIZATIONS[method.init])
         stage1["conditioning"] = conditioning(factorizations)
     reparameterize(model, targets, additional_dim=method.additional_dim, free_bases=method.free_bases, seed=cfg.seed,

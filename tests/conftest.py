@@ -16,12 +16,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture
-def compose_config():
-    """compose_config(*overrides) -> the composed DictConfig, as `python -m basel_app` would see it."""
+def compose_config(tmp_path_factory):
+    """compose_config(*overrides) -> the composed DictConfig, as `python -m basel_app` would see it, with a
+    decomposition cache of its own (never the user's)."""
     register_schema()
+    cache_dir = tmp_path_factory.mktemp("decomposition_cache")
 
     def _compose(*overrides: str, output_dir: str = "unused") -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="config", overrides=[f"output_dir={output_dir}", *overrides])
+            return compose(config_name="config", overrides=[f"output_dir={output_dir}", f"cache.dir={cache_dir}",
+                                                            *overrides])
 
     return _compose

@@ -334,6 +334,18 @@ class EvalConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Decompositions and calibration statistics kept on disk (`decomposition_cache.py`): every run with the
+    same weights, targets, settings and calibration data loads them instead of computing them again."""
+
+    enabled: bool = True
+    dir: str = "${oc.env:XDG_CACHE_HOME,'~/.cache'}/basel_app"  # shared by concurrent jobs; entries are checksummed
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dir.strip()), f"cache.dir={self.dir!r} is not allowed; give a directory (or cache.enabled=false)")
+
+
+@dataclass
 class EvaluateConfig:
     """`python -m basel_app.evaluate`: any model (hub id, local path, a compressed_model/ dir) on a task."""
 
@@ -352,6 +364,7 @@ class RunConfig(EvaluateConfig):
 
     method: MethodConfig = field(default_factory=MethodConfig)
     ablation: dict[str, bool] = field(default_factory=dict)  # {preset: true} per conf/ablation preset chosen
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     @property
     def ablations(self) -> list[str]:

@@ -37,7 +37,7 @@ from basel_app.lowrank.recompose import (
     recomposed_singular_values,
     thin_svd_of_product,
 )
-from basel_app.lowrank.reparam import BaselLinear, cheaper_path, decomposition_dtype
+from basel_app.lowrank.reparam import BaselLinear, cheaper_path, decomposition_dtype, svd_bases
 from basel_app.lowrank.thin import LowRankLinear
 
 __all__ = [
@@ -73,5 +73,6 @@ __all__ = [
     "set_trainable",
     "untie_from_embedding",
     "state_bytes",
+    "svd_bases",
     "thin_svd_of_product",
 ]

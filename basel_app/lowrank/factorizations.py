@@ -25,6 +25,9 @@ from basel_app.lowrank.reparam import decomposition_dtype
 FACTORIZATIONS = ("svd", "fwsvd", "svd_llm", "asvd")
 # Relative floors that keep a zero importance (a dead row, a silent input channel) from dividing by zero.
 SCALE_FLOOR = 1e-8
+# SVD-LLM's whitening: the first damping tried on a Gram matrix that Cholesky refuses, and the most it may add.
+WHITENING_DAMPING = 1e-6
+WHITENING_MAX_DAMPING = 1e-2
 
 
 @dataclass
@@ -66,7 +69,9 @@ def fwsvd_factorization(weight: torch.Tensor, row_fisher: torch.Tensor) -> Facto
     return Factorization(u / root[:, None], s, v)
 
 
-def whitening_factor(gram: torch.Tensor, damping: float = 1e-6, max_damping: float = 1e-2) -> tuple[torch.Tensor, str]:
+def whitening_factor(
+    gram: torch.Tensor, damping: float = WHITENING_DAMPING, max_damping: float = WHITENING_MAX_DAMPING
+) -> tuple[torch.Tensor, str]:
     """S with S Sᵀ = X Xᵀ (m×m), and how it was obtained.
 
     Cholesky first; a Gram matrix from fewer tokens than inputs is singular and rounding can make it
@@ -90,7 +95,7 @@ def whitening_factor(gram: torch.Tensor, damping: float = 1e-6, max_damping: flo
     return vectors * eigenvalues.clamp(min=floor).sqrt(), f"eigh, {clamped} of {m} eigenvalues clamped"
 
 
-def svd_llm_factorization(weight: torch.Tensor, gram: torch.Tensor, damping: float = 1e-6) -> Factorization:
+def svd_llm_factorization(weight: torch.Tensor, gram: torch.Tensor, damping: float = WHITENING_DAMPING) -> Factorization:
     """`gram` (m×m): X Xᵀ of the layer's inputs on calibration data (Wang et al., 2024).
 
     The whitening factor comes from `whitening_factor`; how (plain, damped or eigh) is kept in `note`.

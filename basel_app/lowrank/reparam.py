@@ -71,6 +71,25 @@ def cheaper_path(tokens: int, in_features: int, out_features: int, rank: int) ->
     return "factored" if factored <= dense else "dense"
 
 
+
+def svd_bases(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plain SVD bases a `BaselLinear` starts from: U (n×r), s (r,), V (m×r) with W ≈ U diag(s) Vᵀ.
+
+    The SVD runs in float64 for matrices with at most `FLOAT64_MAX_NUMEL` entries, float32 above, never
+    in half precision. Numerically zero singular values (s ≤ s_max · max(n, m) · eps, the usual
+    matrix-rank tolerance, with eps that of the weight's storage precision but at least float32's, see
+    `rank_tolerance_eps`) are dropped: their bases are rounding noise and would only cost compute. At
+    least one basis is kept (a zero weight keeps one zero basis) so the layer stays well formed.
+    """
+    weight = weight.detach()
+    n, m = weight.shape
+    u, s, vh = torch.linalg.svd(weight.to(decomposition_dtype(n * m)), full_matrices=False)
+    tol = s.max() * max(n, m) * rank_tolerance_eps(weight.dtype)
+    rank = max(1, int((s > tol).sum()))  # s is sorted descending: keep a prefix
+    if rank < s.numel():
+        log.debug("dropping %d numerically zero singular values of a %dx%d weight", s.numel() - rank, n, m)
+    return u[:, :rank], s[:rank], vh[:rank].T  # (n,r) (r,) (m,r)
+
 class BaselLinear(nn.Module):
     """A linear layer held as `U diag(s̃ ⊙ keep) Vᵀ + ŨṼᵀ` (plus the original, frozen bias).
 
@@ -135,14 +154,8 @@ class BaselLinear(nn.Module):
         generator: torch.Generator | None = None,
         factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> BaselLinear:
-        """Factor `linear.weight = U diag(s) Vᵀ` once, outside autograd, and wrap it.
-
-        The SVD runs in float64 for matrices with at most `FLOAT64_MAX_NUMEL` entries, float32 above,
-        never in half precision; results are cast to the weight's dtype after. Numerically zero singular
-        values (s ≤ s_max · max(n, m) · eps, the usual matrix-rank tolerance, with eps that of the weight's
-        storage precision but at least float32's, see `rank_tolerance_eps`) are dropped: their bases are
-        rounding noise and would only cost compute. At least one basis is kept (a zero weight keeps
-        one zero basis) so the layer stays well formed.
+        """Factor `linear.weight = U diag(s) Vᵀ` once, outside autograd (`svd_bases`), and wrap it; the
+        factors are cast to the weight's dtype.
 
         `factors` = (U (n×r), s (r,), V (m×r)) with W = U diag(s) Vᵀ replaces the SVD: a data-aware
         factorisation computed elsewhere (`lowrank.factorizations`), whose s measures what each basis is
@@ -152,26 +165,18 @@ class BaselLinear(nn.Module):
         weight = linear.weight.detach()
         n, m = weight.shape
         with torch.no_grad():
-            if factors is None:
-                u, s, vh = torch.linalg.svd(weight.to(decomposition_dtype(n * m)), full_matrices=False)
-                v = vh.T  # (n,r) (r,) (m,r)
-                tol = s.max() * max(n, m) * rank_tolerance_eps(weight.dtype)
-                rank = max(1, int((s > tol).sum()))  # s is sorted descending: keep a prefix
-                if rank < s.numel():
-                    log.debug("dropping %d numerically zero singular values of a %dx%d weight", s.numel() - rank, n, m)
-            else:
-                u, s, v = (f.detach() for f in factors)
-                if u.shape[0] != n or v.shape[0] != m or not u.shape[1] == s.numel() == v.shape[1]:
-                    raise ValueError(f"factors must be U (n×r), s (r,), V (m×r) for a {n}x{m} weight, got "
-                                     f"{tuple(u.shape)}, {tuple(s.shape)}, {tuple(v.shape)}")
-                rank = s.numel()
+            u, s, v = svd_bases(weight) if factors is None else (f.detach() for f in factors)
+            if u.shape[0] != n or v.shape[0] != m or not u.shape[1] == s.numel() == v.shape[1]:
+                raise ValueError(f"factors must be U (n×r), s (r,), V (m×r) for a {n}x{m} weight, got "
+                                 f"{tuple(u.shape)}, {tuple(s.shape)}, {tuple(v.shape)}")
+            rank = s.numel()
             layer = cls(
                 m, n, rank, additional_dim, bias=linear.bias is not None, free_bases=free_bases,
                 device=weight.device, dtype=weight.dtype, generator=generator,
             )
-            layer.U.copy_(u[:, :rank])
-            layer.V.copy_(v[:, :rank])
-            layer.singular_values.copy_(s[:rank])
+            layer.U.copy_(u)
+            layer.V.copy_(v)
+            layer.singular_values.copy_(s)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias.detach())
         return layer

@@ -4,25 +4,35 @@ weighted SVD, keep the triplets the budget allows, and replace the layer, in one
 A layer whose kept rank is at or above break-even keeps its original dense weight: the factored form
 would store more, and truncating it would only lose accuracy. The post-fine-tuning that follows is the
 same as Basel's (the pipeline's stage 2).
+
+Also here: the plain SVD bases Basel/BSI start from (`svd_bases_of`). Factorisations and the statistics
+they weigh by come from a `DecompositionCache` when one is given, so a sweep computes each once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
 from basel_app.config.names import ONE_SHOT_METHODS
-from basel_app.lowrank import LayerBases, LowRankLinear, break_even_rank, set_submodule
+from basel_app.decomposition_cache import DecompositionCache, batches_digest, state_digest, tensor_digest
+from basel_app.lowrank import LayerBases, LowRankLinear, break_even_rank, set_submodule, svd_bases
 from basel_app.lowrank.factorizations import (
+    SCALE_FLOOR,
+    WHITENING_DAMPING,
+    WHITENING_MAX_DAMPING,
     Factorization,
     asvd_factorization,
     fwsvd_factorization,
     svd_factorization,
     svd_llm_factorization,
 )
+from basel_app.lowrank.reparam import FLOAT64_MAX_NUMEL
 from basel_app.methods.budget import SizeBudget
 from basel_app.methods.calibration import activation_statistics, row_fisher
 
@@ -42,26 +52,129 @@ def factorize_layers(
     calibration: Batches,
     loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
     asvd_alpha: float = 0.5,
+    cache: DecompositionCache | None = None,
 ) -> dict[str, Factorization]:
-    """Each targeted layer's factorisation; `calibration()` yields the task's training batches afresh."""
-    if method == "svd":
-        return {name: svd_factorization(layer.weight) for name, layer in targets.items()}
-    if method == "fwsvd":
-        fisher = row_fisher(model, targets, calibration(), loss_fn)
-        return {name: fwsvd_factorization(layer.weight, fisher[name]) for name, layer in targets.items()}
-    if method in ("svd_llm", "asvd"):
-        stats = activation_statistics(model, targets, calibration(), gram=method == "svd_llm", abs_mean=method == "asvd")
+    """Each targeted layer's factorisation; `calibration()` yields the task's training batches afresh.
+
+    With a `cache`, each layer's factorisation is loaded when its weight, the method's settings and (for
+    the data-aware methods) the statistics' inputs match a stored one; the statistics themselves are
+    measured, or loaded, only when some layer misses.
+    """
+    if method not in ONE_SHOT_METHODS:
+        raise ValueError(f"method={method!r} is not a one-shot method; choose one of: {', '.join(ONE_SHOT_METHODS)}")
+    cache = cache or DecompositionCache(None)
+    statistics = CalibrationStatistics(STATISTIC.get(method), model, targets, calibration, loss_fn, cache)
+    settings = factorization_settings(method, asvd_alpha)
+
+    def factorize(name: str) -> Factorization:
+        weight = targets[name].weight
+        if method == "svd":
+            return svd_factorization(weight)
+        if method == "fwsvd":
+            return fwsvd_factorization(weight, statistics.values()[name])
         if method == "svd_llm":
-            factors = {name: svd_llm_factorization(layer.weight, stats[name].gram_mean) for name, layer in targets.items()}
-            conditioned = {name: f.note for name, f in factors.items() if f.note != "cholesky"}
-            if conditioned:
-                log.warning("SVD-LLM: %d of %d Gram matrices needed conditioning: %s", len(conditioned), len(factors),
-                            "; ".join(f"{name}: {note}" for name, note in conditioned.items()))
-            return factors
-        return {
-            name: asvd_factorization(layer.weight, stats[name].abs_mean, asvd_alpha) for name, layer in targets.items()
-        }
-    raise ValueError(f"method={method!r} is not a one-shot method; choose one of: {', '.join(ONE_SHOT_METHODS)}")
+            return svd_llm_factorization(weight, statistics.values()[name], WHITENING_DAMPING)
+        return asvd_factorization(weight, statistics.values()[name], asvd_alpha)
+
+    def key(name: str) -> dict[str, Any]:
+        weight = targets[name].weight
+        inputs = {"layer": name, "statistics": statistics.fingerprint()} if method != "svd" else {}
+        return {"weight": tensor_digest(weight), "device": weight.device.type, **settings, **inputs}
+
+    factors = {
+        name: cache.fetch_factorization(method, partial(key, name), partial(factorize, name), layer.weight.device)
+        for name, layer in targets.items()
+    }
+    conditioned = {name: f.note for name, f in factors.items() if f.note not in ("", "cholesky")}
+    if conditioned:
+        log.warning("SVD-LLM: %d of %d Gram matrices needed conditioning: %s", len(conditioned), len(factors),
+                    "; ".join(f"{name}: {note}" for name, note in conditioned.items()))
+    return factors
+
+
+def factorization_settings(method: str, asvd_alpha: float) -> dict[str, Any]:
+    """What besides the weight (and statistics) decides a factorisation's bits: part of its cache key."""
+    settings: dict[str, Any] = {"float64_max_numel": FLOAT64_MAX_NUMEL, "torch": torch.__version__}
+    if method in ("fwsvd", "asvd"):
+        settings["scale_floor"] = SCALE_FLOOR
+    if method == "asvd":
+        settings["asvd_alpha"] = asvd_alpha
+    if method == "svd_llm":
+        settings["damping"] = (WHITENING_DAMPING, WHITENING_MAX_DAMPING)
+    return settings
+
+
+def svd_bases_of(targets: dict[str, nn.Linear], cache: DecompositionCache | None = None) -> Mapping[str, Factorization]:
+    """Basel/BSI's plain bases (`method.init=svd`): each target's `svd_bases`, as `BaselLinear.from_linear`
+    takes them, computed (or loaded from `cache`) one layer at a time as `reparameterize` asks for it."""
+    cache = cache or DecompositionCache(None)
+    settings = factorization_settings("svd", 0.0)
+
+    def bases(name: str) -> Factorization:
+        weight = targets[name].weight
+        return cache.fetch_factorization(
+            "svd_bases", lambda: {"weight": tensor_digest(weight), "device": weight.device.type, **settings},
+            lambda: Factorization(*svd_bases(weight)), weight.device,
+        )
+
+    return LazyMapping(list(targets), bases)
+
+
+class LazyMapping(Mapping):
+    """{key: value} whose values are produced only when looked up, so only one is held at a time."""
+
+    def __init__(self, keys: list[str], produce: Callable[[str], Any]) -> None:
+        self._keys, self._produce = keys, produce
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._produce(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys  # without producing the value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+# The statistic each data-aware method weighs its SVD by (calibration.py).
+STATISTIC = {"fwsvd": "row_fisher", "svd_llm": "gram", "asvd": "abs_mean"}
+
+
+class CalibrationStatistics:
+    """One statistic of every target on the calibration batches, measured (or loaded from the cache) on
+    first use; its fingerprint (the whole model's state, the targets, the batches) on first use too."""
+
+    def __init__(self, statistic: str | None, model: nn.Module, targets: dict[str, nn.Linear], calibration: Batches,
+                 loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor], cache: DecompositionCache):
+        self.statistic, self.model, self.targets, self.calibration, self.loss_fn = statistic, model, targets, calibration, loss_fn
+        self.cache = cache
+        self._values: dict[str, torch.Tensor] | None = None
+        self._fingerprint: dict[str, Any] | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = {"statistic": self.statistic, "model": state_digest(self.model),
+                                 "targets": list(self.targets), "data": batches_digest(self.calibration())}
+        return self._fingerprint
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """{layer: statistic}: Fisher per output row on the weights' device; |x| mean or X Xᵀ/tokens on the CPU."""
+        if self._values is None:
+            where = next(iter(self.targets.values())).weight.device if self.statistic == "row_fisher" else "cpu"
+            self._values, _ = self.cache.fetch("statistics", self.fingerprint, lambda: (self.measure(), {}), where)
+        return self._values
+
+    def measure(self) -> dict[str, torch.Tensor]:
+        if self.statistic == "row_fisher":
+            return row_fisher(self.model, self.targets, self.calibration(), self.loss_fn)
+        stats = activation_statistics(self.model, self.targets, self.calibration(), gram=self.statistic == "gram",
+                                      abs_mean=self.statistic == "abs_mean")
+        return {name: s.gram_mean if self.statistic == "gram" else s.abs_mean for name, s in stats.items()}
 
 
 @torch.no_grad()

@@ -1,0 +1,187 @@
+"""Decompositions and calibration statistics kept on disk, so a sweep computes each one once.
+
+An entry is found by a fingerprint of everything its tensors were computed from (the caller's key:
+weight digests, settings, calibration-data digest, ...), so a changed weight or setting simply misses.
+
+    <dir>/<kind>/<fingerprint>.json                       manifest: file name, size, sha256, key; written last
+    <dir>/<kind>/<fingerprint>.<sha256[:16]>.safetensors  the tensors (and string notes as metadata)
+    <dir>/<kind>/<fingerprint>.lock                       held while one job computes and writes the entry
+
+An entry is used only when its file's sha256 matches the manifest's; anything else (a flipped byte, a
+truncated file, an unreadable manifest) is reported in one log line and recomputed over. Both files are
+written under temporary names and renamed, the tensors first, so a reader sees a whole entry or none;
+the tensor file is named by its own checksum, so a concurrent rewrite can never swap other bytes in
+under a verified name. Two jobs that miss the same key at once take turns on the lock: the second one
+finds the first one's entry and loads it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from basel_app.files import atomic_write_json
+from basel_app.lowrank.factorizations import Factorization
+
+log = logging.getLogger(__name__)
+
+# Part of every key: raise it when what a cached computation returns changes for the same inputs.
+CACHE_VERSION = 1
+CHUNK_BYTES = 1 << 24
+
+Tensors = dict[str, torch.Tensor]
+Notes = dict[str, str]
+Key = dict[str, Any]
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (wherever it lives)."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 of every tensor in the model's state: what its forward computes with."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}={tensor_digest(tensor)};".encode())
+    return digest.hexdigest()
+
+
+def batches_digest(batches: Iterable[dict[str, torch.Tensor]]) -> str:
+    """sha256 of every field (token ids, attention mask, labels) of every batch, in order."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for name in sorted(batch):
+            digest.update(f"{name}={tensor_digest(batch[name])};".encode())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def fingerprint(kind: str, key: Key) -> str:
+    text = json.dumps({"kind": kind, "version": CACHE_VERSION, "key": key}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CorruptEntry(Exception):
+    """An entry whose manifest or tensors cannot be trusted (the message says why)."""
+
+
+class DecompositionCache:
+    """Tensors by fingerprint under `root`; with `root=None` nothing is stored and every fetch computes."""
+
+    def __init__(self, root: str | Path | None) -> None:
+        self.root = Path(root).expanduser() if root is not None else None
+
+    def fetch(
+        self, kind: str, key: Callable[[], Key], compute: Callable[[], tuple[Tensors, Notes]],
+        device: torch.device | str = "cpu",
+    ) -> tuple[Tensors, Notes]:
+        """The entry for `key()` (loaded onto `device`), or `compute()`'s result, stored for next time.
+
+        `key` is called only when the cache is on (digesting weights costs time). The tensors come back
+        contiguous either way, so a hit and a miss give the same tensors bit for bit.
+        """
+        if self.root is None:
+            return _contiguous(*compute())
+        parts = key()
+        name = fingerprint(kind, parts)
+        folder = self.root / kind
+        try:
+            return self._load(folder, name, device)
+        except (FileNotFoundError, CorruptEntry):
+            pass  # checked again under the lock: another job may be writing it right now
+        with _locked(folder / f"{name}.lock"):
+            try:
+                return self._load(folder, name, device)
+            except FileNotFoundError:
+                log.info("decomposition cache: no %s entry %s yet; computing it", kind, name[:16])
+            except CorruptEntry as problem:
+                log.warning("decomposition cache: %s entry %s is corrupt (%s); recomputing it", kind, name[:16], problem)
+            tensors, notes = _contiguous(*compute())
+            self._store(folder, name, tensors, notes, parts)
+            return tensors, notes
+
+    def fetch_factorization(
+        self, kind: str, key: Callable[[], Key], compute: Callable[[], Factorization], device: torch.device | str,
+    ) -> Factorization:
+        """`fetch` for one layer's factorisation (its `note` kept as metadata)."""
+
+        def as_tensors() -> tuple[Tensors, Notes]:
+            f = compute()
+            return {"left": f.left, "values": f.values, "right": f.right}, {"note": f.note}
+
+        tensors, notes = self.fetch(kind, key, as_tensors, device)
+        return Factorization(tensors["left"], tensors["values"], tensors["right"], notes.get("note", ""))
+
+    def _load(self, folder: Path, name: str, device: torch.device | str) -> tuple[Tensors, Notes]:
+        """The verified entry; FileNotFoundError when there is none, CorruptEntry when it cannot be trusted."""
+        text = (folder / f"{name}.json").read_text()
+        try:
+            manifest = json.loads(text)
+            path, size, sha = folder / manifest["file"], int(manifest["bytes"]), str(manifest["sha256"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CorruptEntry(f"unreadable manifest: {err}") from None
+        if not path.is_file():
+            raise CorruptEntry(f"{path.name} is missing")
+        if path.stat().st_size != size:
+            raise CorruptEntry(f"{path.name} has {path.stat().st_size} bytes, the manifest says {size}")
+        if file_sha256(path) != sha:
+            raise CorruptEntry(f"{path.name} does not match its sha256")
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            tensors, notes = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        log.info("decomposition cache: loaded %s", path)
+        return tensors, notes
+
+    def _store(self, folder: Path, name: str, tensors: Tensors, notes: Notes, key: Key) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=notes)
+            sha = file_sha256(Path(tmp))
+            path = folder / f"{name}.{sha[:16]}.safetensors"
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        manifest = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha, "key": key}
+        atomic_write_json(folder / f"{name}.json", manifest)  # last: it makes the entry visible
+
+
+def _contiguous(tensors: Tensors, notes: Notes) -> tuple[Tensors, Notes]:
+    return {k: t.contiguous() for k, t in tensors.items()}, notes
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if absent) for the block's duration."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
