@@ -25,7 +25,7 @@ SMALL = ["logger=csv", "task.max_train_samples=4", "task.max_eval_samples=4", "t
 def test_method_runs_end_to_end_from_the_cli_on_smollm2(tmp_path, method, ablation):
     result = subprocess.run(
         [sys.executable, "-m", "basel_app", f"hydra.run.dir={tmp_path}", f"method={method}", f"ablation={ablation}",
-         *SMALL],
+         f"cache.dir={tmp_path / 'cache'}", *SMALL],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]

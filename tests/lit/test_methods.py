@@ -140,6 +140,7 @@ def test_a_multirun_over_methods_lands_in_one_sweep_dir(tmp_path):
     """`-m method=svd,asvd`: both jobs and the sweep's own record under one dir, one subdir per job."""
     result = subprocess.run(
         [sys.executable, "-m", "basel_app", "-m", "method=svd,asvd", "model=tiny_random", "logger=csv",
+         f"cache.dir={tmp_path / 'cache'}",
          "task.max_train_samples=8", "task.max_eval_samples=4", "method.compression_ratio=1.1",
          "method.post_finetune_epochs=0", "eval.enabled=false", "trainer.enable_progress_bar=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
