@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from basel_app.config.errors import ConfigError
+from basel_app.distributed import world_rank
 from basel_app.files import atomic_write_json
 
 log = logging.getLogger("basel_app")
@@ -52,7 +53,8 @@ def run_validated(cfg: DictConfig, job: Callable[[Any], Any]) -> None:
     try:
         job(OmegaConf.to_object(cfg))
     except Exception as err:
-        atomic_write_json(marker, {"error": f"{type(err).__name__}: {err}"})
+        if world_rank() == 0:  # under DDP rank 0's own error, not the others' "rank 0 failed"
+            atomic_write_json(marker, {"error": f"{type(err).__name__}: {err}"})
         if not isinstance(err, ConfigError):
             raise
         log.error("%s", err)

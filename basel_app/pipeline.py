@@ -16,7 +16,11 @@
    (each complete or absent).
 
 Stages 0 and 1 each end in a saved model (a stage boundary), so a resumed run that finds one skips
-what produced it; within a stage, a run dir that holds checkpoints is resumed from them."""
+what produced it; within a stage, a run dir that holds checkpoints is resumed from them.
+
+Under `trainer.strategy=ddp` every process runs this same function (started by `launch_processes`, first);
+they train together, each on its part of every batch, and agree on every mask (`PruneScheduler`). Only
+rank 0 evaluates and writes files; the others wait for it and take its results (`on_rank_zero`)."""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from basel_app.config.errors import ConfigError
 from basel_app.config.names import PRUNING_SCORERS
 from basel_app.config.schema import MethodConfig, ModelConfig, RunConfig
 from basel_app.data import TaskDataModule
+from basel_app.distributed import on_rank_zero
 from basel_app.evaluate import evaluate_on_task, headline_numbers
 from basel_app.files import atomic_write_json
 from basel_app.lit.callbacks import (
@@ -53,7 +58,7 @@ from basel_app.lit.callbacks import (
 from basel_app.lit.callbacks.keep_phase import kept_bases, kept_singular_values
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
-from basel_app.lit.trainer import build_logger, build_trainer, resolve_precision
+from basel_app.lit.trainer import build_logger, build_trainer, launch_processes, resolve_precision, single_process
 from basel_app.lowrank import (
     compression_ratio,
     count_parameters,
@@ -81,7 +86,8 @@ KEPT_BASES_FILE = "kept_bases.json"
 
 @dataclass(frozen=True)
 class PhasePlan:
-    """Optimizer-step positions of the phases (stage 1 counts steps from 0)."""
+    """Optimizer-step positions of the phases (stage 1 counts steps from 0), in steps of one process: under
+    DDP every process steps once per global batch, so the steps are those of its own part of the data."""
 
     steps_per_epoch: int
     prune_start_step: int
@@ -116,6 +122,7 @@ class RunContext:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
+    launch_processes(cfg.trainer)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -123,7 +130,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     # 1. Cheap checks first: a bad model source or data file fails (a ConfigError) before any loading.
     check_model_source(cfg.model)
-    datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed)
+    datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed, world_size=cfg.trainer.world_size)
     datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
     log.info("precision: %s (trainer.precision=%s)", resolve_precision(cfg.trainer), cfg.trainer.precision)
@@ -144,7 +151,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     budget = resolve_budget(sized, original["params"], fixed_parameters(model, targets), targets, extra)
     log.info("size budget: %s", budget.describe())
     clock.split("load_model")
-    evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
+    evaluation = {"before": evaluate_once(model, tokenizer, datamodule, cfg, logger, out)}
     clock.split("eval_before")
 
     ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out)
@@ -160,8 +167,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         else:
             finetune(ctx, model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
                      checkpoints / "pre_finetune")
-            save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
-            shutil.rmtree(checkpoints / "pre_finetune", ignore_errors=True)
+
+            def save_stage_0() -> None:
+                save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
+                shutil.rmtree(checkpoints / "pre_finetune", ignore_errors=True)
+
+            on_rank_zero(save_stage_0)
         clock.split("pre_finetune")
     if cfg.method.distill.alpha > 0:
         # The teacher is the model stage 1 starts from; a resumed run rebuilds it from the same source.
@@ -183,11 +194,16 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             stage1 = compress(ctx, model, targets, plan, budget)
         else:
             stage1 = compress_one_shot(ctx, model, targets, budget)
-        atomic_write_json(out / "spectra.json", ctx.spectra.stages)
-        if "kept_bases" in stage1:
-            atomic_write_json(out / KEPT_BASES_FILE, stage1.pop("kept_bases"))
-        save_compressed(model, tokenizer, boundary, metadata=stage1, overwrite=True)
-        shutil.rmtree(checkpoints / "compress", ignore_errors=True)  # the boundary supersedes stage-1 checkpoints
+        kept = stage1.pop("kept_bases", None)
+
+        def save_stage_1() -> None:
+            atomic_write_json(out / "spectra.json", ctx.spectra.stages)
+            if kept is not None:
+                atomic_write_json(out / KEPT_BASES_FILE, kept)
+            save_compressed(model, tokenizer, boundary, metadata=stage1, overwrite=True)
+            shutil.rmtree(checkpoints / "compress", ignore_errors=True)  # the boundary supersedes stage-1 checkpoints
+
+        on_rank_zero(save_stage_1)
     recomposed_ranks = stage1["recomposed_ranks"]
 
     # 5. Stage 2: post-fine-tune the compressed model.
@@ -197,12 +213,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         clock.split("post_finetune")
 
     # 6. Evaluate and write the results.
-    evaluation["after"] = evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)
+    evaluation["after"] = evaluate_once(model, tokenizer, datamodule, cfg, logger, out)
     clock.split("eval_after")
     compressed = {"params": count_parameters(model), "bytes": state_bytes(model)}
     provenance = {"base_model": loaded.provenance, "method": cfg.method.name, "task": cfg.task.name,
                   "config": asdict(cfg)}
-    model_dir = save_compressed(model, tokenizer, out / "compressed_model", metadata=provenance, overwrite=True)
+    model_dir = out / "compressed_model"
+    on_rank_zero(lambda: save_compressed(model, tokenizer, model_dir, metadata=provenance, overwrite=True))
     disk_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     clock.split("save")
     metrics = {
@@ -230,10 +247,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "precision": resolve_precision(cfg.trainer),
         "config": asdict(cfg),
     }
-    pictures = save_run_pictures(out, ctx.spectra.stages, metrics["ranks"], run_name=f"{cfg.method.name}, {out.name}")
-    atomic_write_json(out / "metrics.json", metrics)  # last: a run dir with metrics.json is a finished run
-    log_summary(logger, metrics, pictures)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
+
+    def write_results() -> None:
+        pictures = save_run_pictures(out, ctx.spectra.stages, metrics["ranks"],
+                                     run_name=f"{cfg.method.name}, {out.name}")
+        atomic_write_json(out / "metrics.json", metrics)  # last: a run dir with metrics.json is a finished run
+        log_summary(logger, metrics, pictures)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
+
+    on_rank_zero(write_results)
     log.info(
         "compression %.3fx: %d -> %d parameters, %.1f -> %.1f MB; answer loss %s -> %s",
         metrics["compression_ratio"], original["params"], compressed["params"], original["bytes"] / 1e6,
@@ -242,6 +264,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     log.info("compressed model: %s", model_dir)
     log.info("metrics: %s", out / "metrics.json")
     return metrics
+
+
+def evaluate_once(
+    model: nn.Module, tokenizer: Any, datamodule: TaskDataModule, cfg: RunConfig, logger: Logger, out: Path
+) -> dict[str, Any]:
+    """`evaluate_on_task` on rank 0 alone (one device); every rank gets its result."""
+    return on_rank_zero(lambda: evaluate_on_task(model, tokenizer, datamodule, cfg.eval, single_process(cfg.trainer),
+                                                 logger, out))
 
 
 def finetune(

@@ -33,6 +33,7 @@ from basel_app.config.names import (
     PRECISIONS,
     PRUNING_METHODS,
     SCORE_VARIANTS,
+    STRATEGIES,
     TASK_SOURCES,
     TASK_NAMES,
     WANDB_MODES,
@@ -275,8 +276,9 @@ class TrainerConfig:
     """Where and how Lightning runs; passed to `lightning.Trainer` field by field."""
 
     accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
+    devices: Any = 1  # processes per node under strategy=ddp
+    strategy: str = "auto"  # auto: one process; ddp: one per device, each on its own slice of every global batch
+    num_nodes: int = 1
     precision: str = "auto"  # auto: bf16-mixed on CPUs with AVX512-bf16/AMX and bf16 GPUs, else 32-true
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 1.0
@@ -284,8 +286,23 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 50  # besides one at every epoch end
     enable_progress_bar: bool = True
 
+    @property
+    def world_size(self) -> int:
+        """How many processes the run has (devices per node × nodes under ddp; one otherwise)."""
+        return self.devices * self.num_nodes if self.strategy != "auto" else 1
+
     def __post_init__(self) -> None:
+        _one_of("trainer.strategy", self.strategy, STRATEGIES)
         _one_of("trainer.precision", self.precision, PRECISIONS)
+        _require(self.num_nodes >= 1, f"trainer.num_nodes={self.num_nodes} is not allowed; it must be >= 1")
+        if self.strategy == "auto":
+            _require(self.devices == 1 and self.num_nodes == 1,
+                     f"trainer.devices={self.devices} trainer.num_nodes={self.num_nodes} is not allowed with "
+                     "trainer.strategy=auto (one process); use trainer.strategy=ddp for several devices or nodes")
+        else:
+            _require(isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1,
+                     f"trainer.devices={self.devices!r} is not allowed with trainer.strategy={self.strategy}; "
+                     "give the number of processes per node (an integer >= 1)")
         _require(
             self.accumulate_grad_batches >= 1,
             f"trainer.accumulate_grad_batches={self.accumulate_grad_batches} is not allowed; it must be >= 1",

@@ -25,7 +25,6 @@ does not apply here, because this datamodule restores the position itself.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +102,7 @@ class TaskDataModule(L.LightningDataModule):
         seed: int = 0,
         validation_samples: int = 0,
         num_workers: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         for key, value in (("train_batch_size", train_batch_size), ("eval_batch_size", eval_batch_size)):
@@ -119,6 +119,7 @@ class TaskDataModule(L.LightningDataModule):
         self.seed = seed
         self.validation_samples = validation_samples
         self.num_workers = num_workers
+        self.world_size = world_size  # processes sharing each global batch (DDP); train_batch_size is per process
 
         self.train_records: list[Record] | None = None
         self.eval_records: list[Record] | None = None
@@ -133,7 +134,7 @@ class TaskDataModule(L.LightningDataModule):
         self._pending_resume: dict[str, int] | None = None
 
     @classmethod
-    def from_config(cls, task_cfg: TaskConfig, seed: int, num_workers: int = 0) -> TaskDataModule:
+    def from_config(cls, task_cfg: TaskConfig, seed: int, num_workers: int = 0, world_size: int = 1) -> TaskDataModule:
         """Build the task named by ``task_cfg.name`` and its datamodule."""
 
         return cls(
@@ -146,6 +147,7 @@ class TaskDataModule(L.LightningDataModule):
             seed=seed,
             validation_samples=task_cfg.validation_samples,
             num_workers=num_workers,
+            world_size=world_size,
         )
 
     # 1. records -------------------------------------------------------------------------------------
@@ -182,7 +184,7 @@ class TaskDataModule(L.LightningDataModule):
 
     @property
     def num_train_batches(self) -> int:
-        """Training batches per epoch (the last one may be short).
+        """Training batches per epoch of each process (the last one may be short).
 
         Known right after :meth:`load_records` (``ceil(records / batch size)``); after :meth:`setup` it is
         recomputed from the examples that survived tokenization, so it is always the exact number of
@@ -195,7 +197,7 @@ class TaskDataModule(L.LightningDataModule):
             n = len(self.train_records)
         else:
             raise RuntimeError("num_train_batches is unknown before load_records()")
-        return math.ceil(n / self.train_batch_size)
+        return len(ResumableBatchSampler(n, self.train_batch_size, self.seed, world_size=self.world_size))
 
     # 2. tokenizer and 3. tokenization ------------------------------------------------------------------
 
@@ -255,7 +257,12 @@ class TaskDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup(self.train_dataset)
-        self.train_sampler = ResumableBatchSampler(len(self.train_dataset), self.train_batch_size, self.seed)
+        rank, world_size = (self._trainer.global_rank, self._trainer.world_size) if self._trainer else (0, 1)
+        if world_size != self.world_size:
+            raise RuntimeError(f"the trainer has {world_size} processes but the data module was sized for "
+                               f"{self.world_size}: the phase plan would count the wrong number of steps")
+        self.train_sampler = ResumableBatchSampler(len(self.train_dataset), self.train_batch_size, self.seed,
+                                                   rank=rank, world_size=world_size)
         if self._pending_resume is not None:
             self._restore_position(self._pending_resume)
             self._pending_resume = None

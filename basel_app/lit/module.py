@@ -27,7 +27,8 @@ class AnswerLossModule(L.LightningModule):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.eval_nll, self.eval_tokens = SumMetric(), SumMetric()
+        # One process evaluates (under DDP rank 0 alone, while the others wait), so the sums are never synced.
+        self.eval_nll, self.eval_tokens = SumMetric(sync_on_compute=False), SumMetric(sync_on_compute=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         nll, tokens = answer_nll(self.model, batch)
