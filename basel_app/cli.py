@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from basel_app.config.errors import ConfigError
+from basel_app.config.errors import ConfigError, NonFiniteError, Preempted
 
 log = logging.getLogger("basel_app")
 
@@ -35,12 +35,13 @@ def route_lightning_logs_through_hydra() -> None:
 def run_validated(cfg: DictConfig, job: Callable[[Any], Any]) -> None:
     """Validate `cfg` into its dataclasses (types, ranges, cross-field rules), then run `job` on them.
 
-    A ConfigError — from the dataclasses or from the job's own pre-flight checks — ends the process with
-    one line naming the bad value and exit status 2.
+    The errors a user must act on end the process with one line and their own exit status: a ConfigError
+    (a bad value or input file, or a corrupt artifact: 2), a NonFiniteError (training diverged: 3), Preempted
+    (SIGTERM; a checkpoint was saved, re-run to continue: 75).
     """
     route_lightning_logs_through_hydra()
     try:
         job(OmegaConf.to_object(cfg))
-    except ConfigError as err:
+    except (ConfigError, NonFiniteError, Preempted) as err:
         log.error("%s", err)
-        sys.exit(2)
+        sys.exit(err.exit_code)

@@ -1,21 +1,53 @@
-"""Outputs are complete or absent: write to a temporary name beside the target, then rename."""
+"""Outputs are complete or absent: write to a temporary name beside the target, then rename; a sha256 tells a
+complete file from a damaged one later; what a killed writer left behind is removed on the next start."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+# Hidden names of unfinished writes beside their target: `.<name>.partial-*` (a directory being written),
+# `.<name>.old-*` (the previous version being replaced), `.<name>.*.tmp` (a file being written).
+PARTIAL, OLD, TMP = ".partial-", ".old-", ".tmp"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP, dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_unfinished_writes(root: Path) -> list[Path]:
+    """Delete what writers killed mid-way left under `root` (never a finished output); returns what was removed."""
+    stale = [p for p in root.rglob(".*") if p.name.startswith(".") and (PARTIAL in p.name or OLD in p.name
+                                                                          or p.name.endswith(TMP))]
+    for path in stale:
+        log.warning("removing %s: an unfinished write from an earlier, interrupted attempt", path)
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    return stale

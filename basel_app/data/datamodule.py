@@ -296,8 +296,8 @@ class TaskDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, int]:
         """Where training stands: the epoch and how many of its batches are done.
 
-        Called while a checkpoint is written. From ``on_train_batch_end`` (``ModelCheckpoint``'s
-        ``every_n_train_steps``) Lightning 2.6 has already counted the batch just finished as
+        Called while a checkpoint is written. From ``on_train_batch_end`` (where ``StageCheckpoints`` saves
+        every N steps and on SIGTERM) Lightning 2.6 has already counted the batch just finished as
         ``processed`` (``training_epoch_loop.advance`` increments it before the batch-end hooks).
         """
         trainer = self._trainer
