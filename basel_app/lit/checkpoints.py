@@ -39,16 +39,23 @@ class StageCheckpoints(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
         step = trainer.global_step
         stepped, self._seen_step = step != self._seen_step, step
-        if not stepped:  # mid-accumulation: the accumulated gradients are in no checkpoint
+        # Mid-accumulation the accumulated gradients are in no checkpoint. After an epoch's last batch the epoch
+        # end saves instead: a checkpoint from that batch's end resumes into a repeated epoch once it is itself
+        # the product of a resume (measured by the kill test in tests/lit/test_pipeline.py).
+        if not stepped or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         if step % self.every_n_steps == 0:
             self.save(trainer)
-        if self.preemption is not None and self.preemption.requested:
-            raise Preempted(f"pre-empted by SIGTERM at step {step}: saved {self.save(trainer)}; re-run on the same "
-                            "output dir to continue from it")
+        self._stop_if_preempted(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
+        self._stop_if_preempted(trainer)
+
+    def _stop_if_preempted(self, trainer: L.Trainer) -> None:
+        if self.preemption is not None and self.preemption.requested:
+            raise Preempted(f"pre-empted by SIGTERM at step {trainer.global_step}: saved {self.save(trainer)}; "
+                            "re-run on the same output dir to continue from it")
 
     def save(self, trainer: L.Trainer) -> Path:
         path = self.directory / f"epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"

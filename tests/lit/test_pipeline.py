@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import time
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +17,13 @@ from transformers import AutoModelForCausalLM
 
 import basel_app
 from basel_app import pipeline
+from basel_app.cli import run_validated
+from basel_app.config.errors import Preempted
 from basel_app.config.schema import TrainerConfig
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainer import resolve_precision
 from basel_app.lowrank import count_parameters
+from basel_app.models import is_compressed_dir, verify_checksums
 from basel_app.pipeline import run
 
 TINY = [
@@ -184,3 +192,125 @@ def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compos
     assert resumed["eval"]["after"]["answer_loss"] == pytest.approx(reference["eval"]["after"]["answer_loss"], rel=1e-6)
     spectra = [json.loads((d / "spectra.json").read_text()) for d in (tmp_path / "uninterrupted", out)]
     assert spectra[0] == spectra[1]
+
+
+# The kill test: the pipeline in a forked child (imports paid once), killed at chosen points, re-run on the same dir.
+KILL_RUN = ("task.max_train_samples=8", "method.pruning_times=2", "eval.enabled=false",
+            "trainer.checkpoint_every_n_steps=1", "method.post_finetune_lr=3e-4")
+STAGE1_LR, KEEP_STEPS = 1e-3, 2  # 8 samples / batch 4 = 2 steps per epoch; the keep phase is 1 epoch
+
+
+def hook_events(on_event) -> None:
+    """Call `on_event(key)` wherever a kill can land: every training step, recomposition, each save (its start,
+    its files written but not yet renamed into place), each JSON output and each checkpoint's checksum."""
+    from basel_app.lit import checkpoints
+    from basel_app.models import compressed_io
+
+    def wrap(owner, name, key_of):
+        original = getattr(owner, name)
+
+        def hooked(*args, **kwargs):
+            on_event(key_of(*args, **kwargs))
+            return original(*args, **kwargs)
+
+        setattr(owner, name, hooked)
+
+    wrap(CompressionModule, "training_step", lambda self, batch, i: ("step", self.lr, self.trainer.global_step))
+    wrap(pipeline, "recompose_model", lambda *a, **k: ("recompose",))
+    wrap(pipeline, "save_compressed", lambda model, tokenizer, path, *a, **k: ("save", path.name))
+    wrap(compressed_io, "_check_no_pickles", lambda tmp: ("written", tmp.name.split(".partial-")[0]))
+    wrap(pipeline, "atomic_write_json", lambda path, obj: ("json", path.name))
+    wrap(checkpoints, "atomic_write_text", lambda path, text: ("checksum", path.name))
+
+
+def run_in_child(cfg, kill_at: int | None = None, timeline: list | None = None, sig=signal.SIGKILL,
+                 record: Path | None = None) -> int:
+    """Run the CLI's job in a forked child; with `kill_at`, the child sends itself `sig` at the first event at or
+    past that index of `timeline`. Returns its exit status (-9 when SIGKILLed)."""
+    pid = os.fork()
+    if pid:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    code, seen, sent = 1, [], []
+    try:
+        position = {key: i for i, key in enumerate(timeline or [])}
+
+        def on_event(key):
+            seen.append(key)
+            if kill_at is not None and not sent and position.get(key, -1) >= kill_at:
+                sent.append(key)
+                os.kill(os.getpid(), sig)
+
+        hook_events(on_event)
+        try:
+            run_validated(cfg, run)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        if record is not None:
+            record.write_text(json.dumps(seen))
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def phase_of_events(timeline: list[tuple]) -> list[str]:
+    """Each event's phase: keep, prune, recompose (through the boundary save), post_finetune, save."""
+    phases, phase = [], "keep"
+    for key in timeline:
+        if key[0] == "step":
+            phase = ("keep" if key[2] < KEEP_STEPS else "prune") if key[1] == STAGE1_LR else "post_finetune"
+        elif key[0] == "recompose" or key == ("save", "compressed_model"):
+            phase = "recompose" if key[0] == "recompose" else "save"
+        phases.append(phase)
+    return phases
+
+
+def kill_points(timeline: list[tuple], rng: random.Random, per_phase: int = 2) -> list[int]:
+    """`per_phase` random event indices in each of the five phases, in run order."""
+    phases = phase_of_events(timeline)
+    chosen = []
+    for phase in ("keep", "prune", "recompose", "post_finetune", "save"):
+        indices = [i for i, p in enumerate(phases) if p == phase]
+        chosen += rng.sample(indices, min(per_phase, len(indices)))
+    return sorted(chosen)
+
+
+def assert_nothing_looks_complete_that_is_not(out: Path) -> None:
+    assert not (out / "metrics.json").exists()
+    for saved in (out / "compressed_model", out / "checkpoints" / "recomposed"):
+        if saved.exists():  # a saved model is there whole, or not at all
+            assert is_compressed_dir(saved) and (saved / "basel_metadata.json").is_file()
+            verify_checksums(saved)
+
+
+@pytest.mark.parametrize("method", [(), ("method=bsi", "method.compression_ratio=1.8", "method.importance.batches=1",
+                                         "method.importance.probes=2")], ids=["basel", "bsi"])
+def test_killed_and_preempted_runs_end_like_an_uninterrupted_one(compose_config, tmp_path, method):
+    """SIGKILL, then SIGTERM, at 10 random points spread over keep, prune, recompose, post-fine-tuning and the
+    final save, re-running on the same dir after each: every run ends with the uninterrupted run's ranks and
+    logits, and no attempt leaves a model or metrics that look complete when they are not."""
+    overrides = (*KILL_RUN, *method)
+    reference_dir = tmp_path / "uninterrupted"
+    record = tmp_path / "timeline.json"
+    assert run_in_child(compose_config(*TINY, *overrides, output_dir=str(reference_dir)), record=record) == 0
+    timeline = [tuple(key) for key in json.loads(record.read_text())]
+    reference = json.loads((reference_dir / "metrics.json").read_text())
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    reference_logits = basel_app.load_compressed(reference_dir / "compressed_model")[0](ids).logits
+
+    rng = random.Random(f"kill-{method}")
+    for sig, killed_status in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, Preempted.exit_code)):
+        out = tmp_path / sig.name
+        cfg = compose_config(*TINY, *overrides, output_dir=str(out))
+        points = kill_points(timeline, rng)
+        assert {phase_of_events(timeline)[i] for i in points} == {"keep", "prune", "recompose", "post_finetune", "save"}
+        for point in points:
+            assert run_in_child(cfg, point, timeline, sig) == killed_status, (sig.name, timeline[point])
+            assert_nothing_looks_complete_that_is_not(out)
+        assert run_in_child(cfg) == 0
+        resumed = json.loads((out / "metrics.json").read_text())
+        assert resumed["ranks"] == reference["ranks"], sig.name
+        logits = basel_app.load_compressed(out / "compressed_model")[0](ids).logits
+        torch.testing.assert_close(logits, reference_logits, rtol=0, atol=0, msg=sig.name)
+        assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
