@@ -103,8 +103,9 @@ def load_compressed(
     fails its sha256 or the weights miss or add a tensor.
     """
     path = Path(path)
+    if path.is_dir():
+        verify_checksums(path)  # first: a damaged config.json is named as such, not parsed
     _check_compressed_dir(path)
-    verify_checksums(path)
     model, info = LowRankLlamaForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True,
                                                           output_loading_info=True)
     wrong = {kind: sorted(info[kind]) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info[kind]}

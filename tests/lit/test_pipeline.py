@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -314,3 +315,31 @@ def test_killed_and_preempted_runs_end_like_an_uninterrupted_one(compose_config,
         logits = basel_app.load_compressed(out / "compressed_model")[0](ids).logits
         torch.testing.assert_close(logits, reference_logits, rtol=0, atol=0, msg=sig.name)
         assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_a_corrupt_stage_boundary_is_named_never_used_and_stage_1_redone(compose_config, tmp_path, monkeypatch, caplog):
+    overrides = ("method.post_finetune_lr=3e-4", "eval.enabled=false")
+    run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
+
+    crash_in_training_step(monkeypatch, at_step=0, lr=3e-4)  # after the boundary is saved, before stage 2 saves
+    out = tmp_path / "interrupted"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny_config(compose_config, out, *overrides))
+    weights = out / "checkpoints" / "recomposed" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40  # a high bit of the last weight: used, it would change the logits
+    weights.write_bytes(bytes(data))
+
+    monkeypatch.undo()
+    reparameterize_calls = []
+    original_reparameterize = pipeline.reparameterize
+    monkeypatch.setattr(pipeline, "reparameterize", lambda *a, **k: (reparameterize_calls.append(1),
+                                                                    original_reparameterize(*a, **k))[1])
+    with caplog.at_level(logging.ERROR):
+        run(tiny_config(compose_config, out, *overrides))
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(f"{weights} is corrupt" in m for m in errors)
+    assert reparameterize_calls == [1]  # stage 1 ran again instead of loading the damaged boundary
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    logits = [basel_app.load_compressed(d / "compressed_model")[0](ids).logits for d in (tmp_path / "uninterrupted", out)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
