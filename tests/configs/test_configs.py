@@ -139,6 +139,7 @@ def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         (["method.pruning_times=0"], "method.pruning_times=0 is not allowed"),
         (["model.path=/no/such/model"], "model.path='/no/such/model' does not exist"),
         (["method=bsi_typo"], "Could not find 'method/bsi_typo'"),
+        (["model=tiny_random", "method.lr=inf"], "method.lr=inf is not allowed; it must be a finite number"),
     ],
 )
 def test_cli_rejects_bad_input_before_any_work(tmp_path, overrides, expected):
