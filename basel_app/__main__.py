@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from basel_app.cli import run_validated
-from basel_app.config.schema import register_schema
+from basel_app.config.schema import RunConfig, refuse_shadowed_budget, register_schema
 
 register_schema()
 
@@ -15,7 +16,11 @@ register_schema()
 def main(cfg: DictConfig) -> None:
     from basel_app.pipeline import run  # heavy imports only once Hydra has composed the config
 
-    run_validated(cfg, run)
+    def checked_run(config: RunConfig) -> None:
+        refuse_shadowed_budget(config.method, list(HydraConfig.get().overrides.task))
+        run(config)
+
+    run_validated(cfg, checked_run)
 
 
 if __name__ == "__main__":

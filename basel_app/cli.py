@@ -1,17 +1,24 @@
-"""What both command lines share: one log stream, and config errors as one line before any work."""
+"""What both command lines share: one log stream, config errors as one line before any work, and a run that
+ends in an error marked as failed in its output dir."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from basel_app.config.errors import ConfigError, NonFiniteError, Preempted
+from basel_app.files import atomic_write_json
 
 log = logging.getLogger("basel_app")
+
+# Left in a run dir by a run that ended in an error: {"error": "<type>: <message>"}. A run killed outright
+# (SIGKILL, a lost node) leaves neither it nor metrics.json.
+FAILED_MARKER = "failed.json"
 
 
 class _DropLightningTips(logging.Filter):
@@ -37,11 +44,17 @@ def run_validated(cfg: DictConfig, job: Callable[[Any], Any]) -> None:
 
     The errors a user must act on end the process with one line and their own exit status: a ConfigError
     (a bad value or input file, or a corrupt artifact: 2), a NonFiniteError (training diverged: 3), Preempted
-    (SIGTERM; a checkpoint was saved, re-run to continue: 75).
+    (SIGTERM; a checkpoint was saved, re-run to continue: 75). Any error leaves `FAILED_MARKER` in the output
+    dir (what `python -m basel_app.report` lists a failed run by); a new attempt on that dir removes it first.
     """
     route_lightning_logs_through_hydra()
+    marker = Path(cfg.output_dir) / FAILED_MARKER
+    marker.unlink(missing_ok=True)
     try:
         job(OmegaConf.to_object(cfg))
-    except (ConfigError, NonFiniteError, Preempted) as err:
+    except Exception as err:
+        atomic_write_json(marker, {"error": f"{type(err).__name__}: {err}"})
+        if not isinstance(err, (ConfigError, NonFiniteError, Preempted)):
+            raise
         log.error("%s", err)
         sys.exit(err.exit_code)

@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,26 @@ log = logging.getLogger(__name__)
 PARTIAL, OLD, TMP = ".partial-", ".old-", ".tmp"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed to `path` when the block ends, removed if it raises.
+
+    The temporary name does not end in `path`'s suffix: writers that guess a format from it must be told.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -45,8 +57,7 @@ def sha256_of(path: Path) -> str:
 
 def remove_unfinished_writes(root: Path) -> list[Path]:
     """Delete what writers killed mid-way left under `root` (never a finished output); returns what was removed."""
-    stale = [p for p in root.rglob(".*") if p.name.startswith(".") and (PARTIAL in p.name or OLD in p.name
-                                                                          or p.name.endswith(TMP))]
+    stale = [p for p in root.rglob(".*") if PARTIAL in p.name or OLD in p.name or p.name.endswith(TMP)]
     for path in stale:
         log.warning("removing %s: an unfinished write from an earlier, interrupted attempt", path)
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)

@@ -8,10 +8,12 @@
 3. Stage 0 (optional, `method.pre_finetune_epochs`) — fine-tune the whole input model on the task.
 4. Stage 1 — Basel/BSI: reparameterize (Eq. 3; with `method.init` != svd, on a one-shot baseline's
    factorisation from calibration batches), one `Trainer.fit` of the keep and prune phases, then
-   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result.
+   recompose. One-shot baselines: calibrate on training batches, factor, truncate. Then save the result
+   (and, for Basel/BSI, `kept_bases.json`: which of the input's bases each layer kept).
    The dense reference (`method=finetune`) skips it.
 5. Stage 2 — another `Trainer.fit`: post-fine-tune the compressed model (the same for every method).
-6. Evaluate, then write `compressed_model/` and `metrics.json` (each complete or absent).
+6. Evaluate, then write `compressed_model/`, the pictures (`spectra.png`, `ranks.png`) and, last, `metrics.json`
+   (each complete or absent).
 
 Stages 0 and 1 each end in a saved model (a stage boundary), so a resumed run that finds one skips
 what produced it; within a stage, a run dir that holds checkpoints is resumed from the newest that passes
@@ -52,9 +54,9 @@ from basel_app.lit.callbacks import (
     SpectraRecord,
     full_rank_weights,
 )
+from basel_app.lit.callbacks.keep_phase import kept_bases, kept_singular_values
 from basel_app.lit.callbacks.nonfinite_guard import NonFiniteGuard
 from basel_app.lit.checkpoints import newest_good_checkpoint
-from basel_app.lit.callbacks.keep_phase import kept_singular_values
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer, resolve_precision
@@ -82,9 +84,13 @@ from basel_app.models import (
     save_compressed,
     verify_checksums,
 )
+from basel_app.plots import save_run_pictures
 from basel_app.preemption import Preemption
 
 log = logging.getLogger(__name__)
+
+# Basel/BSI runs: which of the input's bases each layer kept, with their relearned weights (`kept_bases`).
+KEPT_BASES_FILE = "kept_bases.json"
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,8 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
         else:
             stage1 = compress_one_shot(ctx, model, targets, budget)
         atomic_write_json(out / "spectra.json", ctx.spectra.stages)
+        if "kept_bases" in stage1:
+            atomic_write_json(out / KEPT_BASES_FILE, stage1.pop("kept_bases"))
         save_compressed(model, tokenizer, boundary, metadata=stage1, overwrite=True)
         shutil.rmtree(checkpoints / "compress", ignore_errors=True)  # the boundary supersedes stage-1 checkpoints
     recomposed_ranks = stage1["recomposed_ranks"]
@@ -247,8 +255,9 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
         "precision": resolve_precision(cfg.trainer),
         "config": asdict(cfg),
     }
-    atomic_write_json(out / "metrics.json", metrics)
-    log_summary(logger, metrics)
+    pictures = save_run_pictures(out, ctx.spectra.stages, metrics["ranks"], run_name=f"{cfg.method.name}, {out.name}")
+    atomic_write_json(out / "metrics.json", metrics)  # last: a run dir with metrics.json is a finished run
+    log_summary(logger, metrics, pictures)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     log.info(
         "compression %.3fx: %d -> %d parameters, %.1f -> %.1f MB; answer loss %s -> %s",
@@ -331,7 +340,7 @@ def compress_one_shot(
     """Stage 1 of a one-shot baseline, in place: statistics on training batches, the method's factorisation
     of every targeted layer, truncation to the budget. Returns what stage 1 found (ranks, conditioning)."""
     factorizations = factorize_targets(ctx, model, targets, ctx.cfg.method.name)
-    ctx.spectra.add("decomposition", {name: f.values for name, f in factorizations.items()}, ctx.logger)
+    ctx.spectra.add("decomposition", {name: f.values for name, f in factorizations.items()})
     ctx.clock.split("decompose")
     ranks = truncate_layers(model, targets, factorizations, budget)
     ctx.clock.split("truncate")
@@ -353,7 +362,7 @@ def compress(
 ) -> dict[str, Any]:
     """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22), in place: reparameterize the targets, fit the keep
     and prune phases (resumable from stage-1 checkpoints), recompose. Returns what stage 1 found (each
-    layer's rank, BSI's importance records)."""
+    layer's rank, BSI's importance records, the bases each layer kept)."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
     stage1: dict[str, Any] = {}
     factorizations = None  # init=svd: the paper's plain SVD, taken by reparameterize itself
@@ -377,22 +386,23 @@ def compress(
     ctx.clock.split("prune")
 
     # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
-    spectra.add("pruned", kept_singular_values(model), ctx.logger, trainer.global_step)
+    spectra.add("pruned", kept_singular_values(model))
+    kept = kept_bases(model)
     ranks = recompose_model(model)
-    spectra.add("recomposed", recomposed_singular_values(model, list(ranks)), ctx.logger, trainer.global_step)
+    spectra.add("recomposed", recomposed_singular_values(model, list(ranks)))
     ctx.clock.split("recompose")
-    return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records}
+    return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records, "kept_bases": kept}
 
 
-def log_summary(logger: Logger, metrics: dict[str, Any]) -> None:
-    """The headline numbers as metrics, and the per-layer ranks as a table where the logger has tables."""
+def log_summary(logger: Logger, metrics: dict[str, Any], pictures: dict[str, Path]) -> None:
+    """The headline numbers as metrics, and the run's pictures (spectra, ranks) where the logger takes images."""
     summary = {key: float(metrics[key]) for key in ("compression_ratio", "params_compressed", "size_bytes_compressed")}
     for when in ("before", "after"):
         summary.update(headline_numbers(metrics["eval"][when], f"eval_{when}"))
     logger.log_metrics(summary)
     if isinstance(logger, WandbLogger):
-        rows = [[name, r["kind"], r["rank"], r["out_features"], r["in_features"]] for name, r in metrics["ranks"].items()]
-        logger.log_table("ranks", columns=["layer", "kind", "rank", "out_features", "in_features"], data=rows)
+        for key, path in pictures.items():
+            logger.log_image(key, [str(path)])
     logger.save()
 
 

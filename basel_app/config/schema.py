@@ -20,6 +20,7 @@ from basel_app.config.names import (
     ALLOCATIONS,
     BASIS_INITS,
     BENCHMARK_NAMES,
+    BLOCK_LINEARS,
     CROSS_LAYER_METHODS,
     DENSE_METHODS,
     DTYPES,
@@ -230,7 +231,7 @@ class MethodConfig:
         _require(
             self.compression_ratio is None or self.target_params is None,
             f"method.compression_ratio={self.compression_ratio} and method.target_params={self.target_params} "
-            "are both set; give one size budget",
+            "are both set; give one size budget and set the other to null",
         )
         _require(
             self.compression_ratio is None or self.compression_ratio > 1,
@@ -389,7 +390,57 @@ class RunConfig(EvaluateConfig):
         )
 
 
+# The size budget's fields, by precedence: the first one set decides the model's size.
+BUDGET_KEYS = ("target_params", "compression_ratio", "keep_ratio")
+
+
+def refuse_shadowed_budget(method: MethodConfig, overrides: list[str]) -> None:
+    """A budget given on the command line that a higher-precedence one (set by a profile, e.g. scale=cpu's
+    compression_ratio) overrides would be ignored: a sweep over it would train the same model again and again."""
+    given = {o.split("=", 1)[0].lstrip("+~").removeprefix("method."): o for o in overrides if "=" in o}
+    for rank, key in enumerate(BUDGET_KEYS):
+        if key not in given or getattr(method, key) is None:
+            continue
+        for stronger in BUDGET_KEYS[:rank]:
+            value = getattr(method, stronger)
+            if value is not None:
+                raise ConfigError(
+                    f"{given[key]} is ignored: method.{stronger}={value} is also set (the profile or method "
+                    f"config sets it) and takes precedence; add method.{stronger}=null to budget by {key}"
+                )
+
+
+@dataclass
+class InterpretConfig:
+    """`python -m basel_app.interpret`: a model's singular bases read as tokens (Basel, Table 1) and, for a
+    finished Basel/BSI run, which of its input's bases each layer kept."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    run_dir: str | None = None  # a finished run: its compressed_model/ is read, and kept_bases.json is explained
+    layer: int | None = None  # one decoder layer (0-based); None: every layer
+    head: int | None = None  # one query head (0-based); None: every head
+    ov: bool = True  # each head's W_O^h W_V^h
+    linears: list[str] = field(default_factory=list)  # block linears whose own bases are read (o_proj, q_proj, ...)
+    bases: int = 3  # bases shown per head, per linear, and per kept/pruned list, largest first
+    tokens: int = 8  # tokens shown per basis
+    seed: int = 0
+    output_dir: str = "."  # where interpret.md/json go: run_dir when given, else Hydra's run dir
+
+    def __post_init__(self) -> None:
+        for key in ("layer", "head"):
+            value = getattr(self, key)
+            _require(value is None or value >= 0, f"{key}={value} is not allowed; use a 0-based index or null (all)")
+        for key in ("bases", "tokens"):
+            _require(getattr(self, key) >= 1, f"{key}={getattr(self, key)} is not allowed; use at least 1")
+        for name in self.linears:
+            _one_of("linears", name, BLOCK_LINEARS)
+        if self.run_dir is not None:
+            _require(os.path.isfile(os.path.join(self.run_dir, "metrics.json")),
+                     f"run_dir={self.run_dir!r} holds no metrics.json; give the directory of a finished run")
+
+
 def register_schema() -> None:
     """Make the schemas available to the configs' defaults lists (types checked on every override)."""
     ConfigStore.instance().store(name="schema", node=RunConfig)
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+    ConfigStore.instance().store(name="interpret_schema", node=InterpretConfig)

@@ -36,9 +36,12 @@ from the ``Node`` class the solution defines. The code is module-level, so it mu
 indentation of its lines is removed and then the first line's leading blanks (the plain prompt format puts a
 space before the response, ``"Answer: def f"``; chat models sometimes indent a whole answer).
 
-**pass@1**: the fraction of problems whose program passed (exited 0 within the sandbox's limits). With one
-greedy sample per problem that is the unbiased pass@k estimator at k = n = 1; ``failed``, ``timeout`` and
-``error`` all count as not passed.
+**pass@1**: the fraction of problems whose program passed: it exited 0 within the sandbox's limits *and* ran to
+its end, which the sandbox's harness proves by printing a per-run random nonce after the program's last
+statement (the last assert). A generation that exits early (``sys.exit(0)``, ``sys.exit(main())`` under
+``if __name__ == "__main__"``, ``os._exit(0)``, an atexit hook) skips the asserts and fails. With one greedy
+sample per problem that is the unbiased pass@k estimator at k = n = 1; ``failed``, ``timeout`` and ``error``
+all count as not passed.
 """
 
 from __future__ import annotations

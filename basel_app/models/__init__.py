@@ -12,7 +12,7 @@ from basel_app.models.compressed_io import (
     save_compressed,
     verify_checksums,
 )
-from basel_app.models.loading import LoadedModel, ModelSourceError, check_model_source, load_model
+from basel_app.models.loading import LoadedModel, ModelSourceError, check_model_source, load_config, load_model
 from basel_app.models.lowrank_llama import (
     LowRankLlamaConfig,
     LowRankLlamaForCausalLM,
@@ -29,6 +29,7 @@ __all__ = [
     "byte_tokenizer",
     "check_model_source",
     "is_compressed_dir",
+    "load_config",
     "load_compressed",
     "load_model",
     "read_metadata",

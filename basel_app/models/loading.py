@@ -24,6 +24,7 @@ from transformers import (
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 
@@ -172,6 +173,20 @@ def load_model(cfg: ModelSourceConfig) -> LoadedModel:
     n_params = sum(p.numel() for p in loaded.model.parameters())
     logger.info("loaded %s (%s, %.1fM parameters, %s)", cfg.name, cfg.source, n_params / 1e6, cfg.dtype)
     return loaded
+
+
+def load_config(cfg: ModelSourceConfig) -> PretrainedConfig:
+    """The config of the model `cfg` names (layers, heads, sizes) without its weights: enough to check a
+    layer or head number in seconds, before a load."""
+    check_model_source(cfg)
+    if cfg.source == "gguf":
+        directory, gguf_file = _gguf_location(cfg)
+        return AutoConfig.from_pretrained(directory, gguf_file=gguf_file)
+    if cfg.path:
+        return AutoConfig.from_pretrained(cfg.path)
+    if cfg.source == "hub":
+        return AutoConfig.from_pretrained(cfg.hub_id, revision=cfg.revision)
+    return LlamaConfig(**(cfg.random or {}))
 
 
 def _load_gguf(cfg: ModelSourceConfig, dtype: torch.dtype) -> LoadedModel:

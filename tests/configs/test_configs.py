@@ -89,10 +89,10 @@ def test_ablations_compose_with_method(compose_config):
         ("method.pre_finetune_lr=0", "method.pre_finetune_lr=0.0 is not allowed; it must be > 0"),
         ("method.compression_ratio=0.5", "method.compression_ratio=0.5 is not allowed; it must be > 1"),
         ("method.compression_ratio=1", "method.compression_ratio=1.0 is not allowed; it must be > 1"),
-        ("method.target_params=-5", "method.target_params=-5 is not allowed"),
+        ("method.compression_ratio=null method.target_params=-5", "method.target_params=-5 is not allowed"),
         ("method.compression_ratio=2 method.target_params=1000", "are both set; give one size budget"),
         ("method.allocation=global method.compression_ratio=2", "method.allocation=global is not allowed for method=basel"),
-        ("method=bsi method.allocation=global", "method.allocation=global is not allowed for method=bsi with a keep_ratio"),
+        ("method=bsi method.compression_ratio=null method.allocation=global", "method.allocation=global is not allowed for method=bsi with a keep_ratio"),
         ("method=bsi model.dtype=bfloat16", "model.dtype=bfloat16 is not allowed with method=bsi"),
         ("method.init=random", "method.init='random' is not allowed; choose one of: svd, whitened, asvd"),
         ("method=svd_llm method.init=whitened", "method.init='whitened' is not allowed for the one-shot method=svd_llm"),
@@ -139,6 +139,8 @@ def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         (["method.pruning_times=0"], "method.pruning_times=0 is not allowed"),
         (["model.path=/no/such/model"], "model.path='/no/such/model' does not exist"),
         (["method=bsi_typo"], "Could not find 'method/bsi_typo'"),
+        # scale=cpu budgets by compression_ratio: a keep_ratio sweep would silently train one model N times
+        (["method.keep_ratio=0.4"], "method.keep_ratio=0.4 is ignored: method.compression_ratio=1.3 is also set"),
         (["model=tiny_random", "method.lr=inf"], "method.lr=inf is not allowed; it must be a finite number"),
     ],
 )
@@ -187,7 +189,24 @@ def test_basis_init_defaults_to_the_papers_svd_and_every_data_aware_one_has_a_fa
     from basel_app.config.names import BASIS_INITS, ONE_SHOT_METHODS
     from basel_app.methods.one_shot import INIT_FACTORIZATIONS
 
-    assert OmegaConf.to_object(compose_config()).method.init == "svd"
+    def init(*overrides: str) -> str:
+        return OmegaConf.to_object(compose_config(*overrides)).method.init
+
+    assert init("scale=paper") == init("scale=paper", "method=bsi") == "svd"  # the papers
+    assert init() == init("method=bsi") == "whitened"  # scale=cpu's measured choice (scale_method/cpu_basel.yaml)
+    assert {init(f"method={m}") for m in ONE_SHOT_METHODS} == {"svd"}  # their own bases: no init to refuse
     assert OmegaConf.to_object(compose_config("method=bsi", "method.init=asvd")).method.init == "asvd"
     assert set(BASIS_INITS) == {"svd", *INIT_FACTORIZATIONS}
     assert set(INIT_FACTORIZATIONS.values()) <= set(ONE_SHOT_METHODS)
+
+
+def test_a_budget_given_on_the_command_line_counts_once_the_stronger_one_is_nulled(compose_config):
+    from basel_app.config.schema import refuse_shadowed_budget
+
+    overrides = ["method.compression_ratio=null", "method.keep_ratio=0.4"]
+    method = OmegaConf.to_object(compose_config(*overrides)).method
+    refuse_shadowed_budget(method, overrides)  # nothing shadows it
+    assert (method.compression_ratio, method.keep_ratio) == (None, 0.4)
+    method = OmegaConf.to_object(compose_config("method.target_params=1000", "method.compression_ratio=null")).method
+    with pytest.raises(ConfigError, match=r"\+method.keep_ratio=0.3 is ignored: method.target_params=1000"):
+        refuse_shadowed_budget(method, ["+method.keep_ratio=0.3"])

@@ -136,6 +136,18 @@ def test_mbpp_perturbed_solutions_score_zero(mbpp_test):
     assert pass_at_1(outcomes) == 0.0
 
 
+def test_mbpp_answers_that_exit_before_the_asserts_score_zero(mbpp_test):
+    # wrong answers (the next problem's reference) that end the program early, in the shapes chat models write
+    exits = ["import sys\nsys.exit(0)", "import sys\ndef main():\n    return 0\nif __name__ == '__main__':\n"
+             "    sys.exit(main())", "import os\nos._exit(0)", "import atexit, os\natexit.register(os._exit, 0)"]
+    chosen, following = mbpp_test[: len(exits)], mbpp_test[1 : len(exits) + 1]
+    programs = [mbpp_program(r, other["code"] + "\n" + exit) for r, other, exit in zip(chosen, following, exits)]
+    programs.append(mbpp_program(chosen[0], CodeTask.packaged().to_example(chosen[0])[1]))  # control: passes
+    outcomes = run(programs)
+    assert [o.status for o in outcomes] == ["failed"] * len(exits) + ["passed"], outcomes
+    assert [o.returncode for o in outcomes[:3]] == [0, 0, 0]  # the old verdict (exit code 0) passed these
+
+
 def test_mbpp_program_layout_puts_setup_after_the_code(mbpp_test):
     record = next(r for r in mbpp_test if r["task_id"] == 367)  # setup builds trees from the solution's Node
     program = mbpp_program(record, "class Node:\n    pass")

@@ -134,5 +134,6 @@ def test_the_pipeline_distils_in_every_training_stage_and_records_it(compose_con
 
 def test_alpha_zero_keeps_no_teacher(compose_config, tmp_path, built_modules):
     modules = built_modules
-    run(tiny_config(compose_config, tmp_path, "method=svd", "method.compression_ratio=1.5", "eval.enabled=false"))
+    run(tiny_config(compose_config, tmp_path, "method=svd", "method.compression_ratio=1.5", "eval.enabled=false",
+                           "method.distill.alpha=0"))
     assert modules and all(m.distill is None for m in modules)

@@ -18,7 +18,7 @@ from basel_app.pipeline import run
 from .test_pipeline import tiny_config
 
 METHODS = ["basel", "bsi", "svd", "fwsvd", "svd_llm", "asvd"]
-SMALL_BSI = ("method.importance.batches=1", "method.importance.probes=2")
+SMALL_BSI = ("method.importance.hessian=hutchinson", "method.importance.batches=1", "method.importance.probes=2")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -67,7 +67,7 @@ def test_bsi_global_allocation_hits_the_target_with_ranks_that_differ_by_layer(c
 
 def test_keep_ratio_budget_and_an_ablation_are_recorded(compose_config, tmp_path):
     metrics = run(tiny_config(compose_config, tmp_path, "method=bsi", "ablation=[score_first,free_bases]",
-                              "eval.enabled=false", "method.post_finetune_epochs=0", *SMALL_BSI))
+                              "method.compression_ratio=null", "eval.enabled=false", "method.post_finetune_epochs=0", *SMALL_BSI))
     assert metrics["budget"] == {**metrics["budget"], "kind": "keep_ratio", "keep_ratio": 0.5, "target_params": None}
     assert (metrics["score"], metrics["ablation"]) == ("first", ["free_bases", "score_first"])
     assert metrics["config"]["method"]["free_bases"] is True
@@ -77,7 +77,7 @@ def test_keep_ratio_budget_and_an_ablation_are_recorded(compose_config, tmp_path
     "overrides,expected",
     [
         (("method.compression_ratio=50",), "method.compression_ratio=50.0 asks for"),
-        (("method=svd", "method.target_params=100000000"), "not fewer than the model's"),
+        (("method=svd", "method.compression_ratio=null", "method.target_params=100000000"), "not fewer than the model's"),
     ],
 )
 def test_an_unreachable_budget_fails_before_any_decomposition(compose_config, tmp_path, monkeypatch, overrides,

@@ -34,6 +34,7 @@ TINY = [
     "task.max_train_samples=16",
     "task.max_eval_samples=8",
     "task.max_length=640",
+    "method.compression_ratio=null",  # scale=cpu budgets by compression_ratio; the tiny runs by keep_ratio
     "method.keep_ratio=0.5",
     "method.pruning_times=4",
     "method.post_finetune_epochs=1",
@@ -154,22 +155,27 @@ def test_a_run_killed_between_recomposition_and_saving_resumes_exactly(compose_c
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
     spectra = [json.loads((d / "spectra.json").read_text()) for d in (tmp_path / "uninterrupted", out)]
     assert spectra[0] == spectra[1]
+    kept = [json.loads((d / pipeline.KEPT_BASES_FILE).read_text()) for d in (tmp_path / "uninterrupted", out)]
+    assert kept[0] == kept[1]
 
 
-def test_wandb_logs_spectra_offline_without_an_account(compose_config, tmp_path, monkeypatch):
+def test_wandb_logs_the_run_pictures_offline_without_an_account(compose_config, tmp_path, monkeypatch):
     for var in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     run(tiny_config(compose_config, tmp_path, "logger=wandb", "method.post_finetune_epochs=0"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    tables = {p.name.split("_")[0] for p in runs[0].rglob("*.table.json")}
-    assert {"decomposition", "relearned", "pruned", "recomposed", "ranks"} <= tables
+    images = {p.name.split("_")[0]: p for p in runs[0].rglob("media/images/*.png")}
+    assert set(images) == {"spectra", "ranks"}
+    for key, logged in images.items():  # the very pictures written to the run dir
+        assert logged.read_bytes() == (tmp_path / f"{key}.png").read_bytes()
+    assert not list(runs[0].rglob("*.table.json"))  # no raw rows of values any more
 
 
 @pytest.mark.parametrize(
     "extra",
-    [(),  # the teacher of a distilling run after stage 0 is the stage-0 model, reloaded on resume
+    [("method.distill.alpha=0",),  # the teacher of a distilling run after stage 0 is the stage-0 model, reloaded on resume
      ("method.distill.alpha=0.5", "method.pre_finetune_epochs=1", "method.pre_finetune_lr=1e-3")],
     ids=["plain", "distill_after_stage_0"],
 )

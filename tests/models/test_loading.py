@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import GPT2Config, LlamaForCausalLM
 
-from basel_app.models import ModelSourceError, check_model_source, load_model
+from basel_app.models import ModelSourceError, check_model_source, load_config, load_model
 
 from .tiny_models import make_llama
 
@@ -130,6 +130,12 @@ def test_local_directory_overrides_the_hub_id(tmp_path, tiny_config, tokenizer, 
         assert torch.equal(loaded.model(input_ids).logits, original(input_ids).logits)
 
 
+def test_load_config_reads_the_shape_without_the_weights(tmp_path, tiny_config):
+    make_llama(tiny_config).save_pretrained(tmp_path)
+    assert load_config(ModelCfg(source="hub", path=str(tmp_path))).num_hidden_layers == tiny_config.num_hidden_layers
+    assert load_config(ModelCfg()).num_attention_heads == TINY["num_attention_heads"]
+
+
 def test_non_llama_architecture_is_rejected(tmp_path):
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
     with pytest.raises(ModelSourceError, match="'gpt2'.*Llama"):
@@ -145,6 +151,8 @@ def test_smollm2_gguf_loads_as_a_plain_savable_llama(tmp_path):
     assert type(model) is LlamaForCausalLM and not model.training
     assert not hasattr(model.config, "quantization_config")
     assert model.config.num_hidden_layers == 30
+    shape = load_config(ModelCfg(name="smollm2", source="gguf"))  # from the GGUF's metadata alone
+    assert (shape.num_hidden_layers, shape.num_attention_heads, shape.num_key_value_heads) == (30, 9, 3)
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
 
     gguf = Path(loaded.provenance["gguf_path"])

@@ -1,4 +1,4 @@
-"""Per-layer spectra, kept for the run's record and sent to W&B when it is the logger.
+"""Per-layer spectra, kept for the run's record: spectra.json, and the pipeline draws them into spectra.png.
 
 Stages: `decomposition` (the input model's singular values), `relearned` (s̃ after the keep phase),
 `pruned` (the kept s̃ before recomposition) and `recomposed` (the singular values of W̃). The record
@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import Logger, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +22,8 @@ class SpectraRecord(Callback):
     def __init__(self) -> None:
         self.stages: dict[str, dict[str, list[float]]] = {}
 
-    def add(self, stage: str, spectra: dict[str, torch.Tensor], logger: Logger | None = None, step: int = 0) -> None:
+    def add(self, stage: str, spectra: dict[str, torch.Tensor]) -> None:
         self.stages[stage] = {name: values.detach().float().cpu().tolist() for name, values in spectra.items()}
-        if isinstance(logger, WandbLogger):
-            import wandb
-
-            rows = [[name, i, v] for name, values in self.stages[stage].items() for i, v in enumerate(values)]
-            table = wandb.Table(columns=["layer", "index", "value"], data=rows)
-            logger.experiment.log({f"spectra/{stage}": table, "trainer/global_step": step})
         log.info("recorded the %s spectra of %d layers", stage, len(spectra))
 
     def state_dict(self) -> dict[str, Any]:
