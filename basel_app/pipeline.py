@@ -16,7 +16,11 @@
    (each complete or absent).
 
 Stages 0 and 1 each end in a saved model (a stage boundary), so a resumed run that finds one skips
-what produced it; within a stage, a run dir that holds checkpoints is resumed from them.
+what produced it; within a stage, a run dir that holds checkpoints is resumed from the newest that passes
+its sha256. A boundary that fails its checksums is removed with every later one, and the stage that wrote it
+runs again. Unfinished writes of a killed attempt are removed first. SIGTERM saves a checkpoint when it comes
+during training and ends the run with `Preempted` (exit status 75); a NaN or inf in training stops it with
+`NonFiniteError` (exit status 3) unless `trainer.on_nonfinite=skip`.
 
 Under `trainer.strategy=ddp` every process runs this same function (started by `launch_processes`, first);
 they train together, each on its part of every batch, and agree on every mask (`PruneScheduler`). Only
@@ -39,13 +43,13 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import nn
 
 from basel_app.clock import PhaseClock
-from basel_app.config.errors import ConfigError
+from basel_app.config.errors import ConfigError, CorruptArtifact
 from basel_app.config.names import PRUNING_SCORERS
 from basel_app.config.schema import MethodConfig, ModelConfig, RunConfig
 from basel_app.data import TaskDataModule
 from basel_app.distributed import on_rank_zero
 from basel_app.evaluate import evaluate_on_task, headline_numbers
-from basel_app.files import atomic_write_json
+from basel_app.files import atomic_write_json, remove_unfinished_writes
 from basel_app.lit.callbacks import (
     BSIImportance,
     KeepPhase,
@@ -56,6 +60,8 @@ from basel_app.lit.callbacks import (
     full_rank_weights,
 )
 from basel_app.lit.callbacks.keep_phase import kept_bases, kept_singular_values
+from basel_app.lit.callbacks.nonfinite_guard import NonFiniteGuard
+from basel_app.lit.checkpoints import newest_good_checkpoint
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer, launch_processes, resolve_precision, single_process
@@ -75,8 +81,16 @@ from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budge
 from basel_app.lowrank.factorizations import Factorization
 from basel_app.methods.distillation import Distillation
 from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, truncate_layers
-from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
+from basel_app.models import (
+    check_model_source,
+    load_compressed,
+    load_model,
+    read_metadata,
+    save_compressed,
+    verify_checksums,
+)
 from basel_app.plots import save_run_pictures
+from basel_app.preemption import Preemption
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +120,9 @@ class PhasePlan:
             )
         return cls(steps_per_epoch, steps_per_epoch * method.keeping_epochs, prune_steps, every)
 
+    def phase_at(self, step: int) -> str:
+        return "keep" if step < self.prune_start_step else "prune"
+
 
 @dataclass
 class RunContext:
@@ -118,13 +135,20 @@ class RunContext:
     spectra: SpectraRecord
     clock: PhaseClock
     out: Path
+    preemption: Preemption
     distill: Distillation | None = None  # the teacher of stages 1 and 2 (method.distill.alpha > 0)
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
     launch_processes(cfg.trainer)
+    with Preemption().installed() as preemption:
+        return _run(cfg, preemption)
+
+
+def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_unfinished_writes(out)
     L.seed_everything(cfg.seed, workers=True)
     clock = PhaseClock()
 
@@ -154,19 +178,20 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     evaluation = {"before": evaluate_once(model, tokenizer, datamodule, cfg, logger, out)}
     clock.split("eval_before")
 
-    ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out)
+    ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out, preemption)
 
     # 3. Stage 0 (optional, any method): fine-tune the input model on the task; its result is a boundary too.
     checkpoints = out / "checkpoints"
     boundary = checkpoints / "recomposed"
     pretuned = checkpoints / "pre_finetuned"
+    drop_corrupt_boundaries([pretuned, boundary])
     if cfg.method.pre_finetune_epochs > 0 and not boundary.is_dir():
         if pretuned.is_dir():
             log.info("stage 0 already done: resuming from %s", pretuned)
             model.load_state_dict(load_compressed(pretuned)[0].state_dict())  # in place: `targets` stay valid
         else:
             finetune(ctx, model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
-                     checkpoints / "pre_finetune")
+                     checkpoints / "pre_finetune", "pre_finetune")
 
             def save_stage_0() -> None:
                 save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
@@ -209,7 +234,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     # 5. Stage 2: post-fine-tune the compressed model.
     if cfg.method.post_finetune_epochs > 0:
         finetune(ctx, model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
-                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune", ctx.distill)
+                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune", "post_finetune", ctx.distill)
         clock.split("post_finetune")
 
     # 6. Evaluate and write the results.
@@ -276,15 +301,42 @@ def evaluate_once(
 
 def finetune(
     ctx: RunContext, model: nn.Module, select: Callable[[nn.Module], list[nn.Parameter]], lr: float, epochs: int,
-    stage_dir: Path, distill: Distillation | None = None,
+    stage_dir: Path, phase: str, distill: Distillation | None = None,
 ) -> None:
     """Task fine-tuning of the `select`ed parameters, in place, resumable from `stage_dir` (stages 0 and 2;
     stage 2 distils from `distill`'s teacher when given)."""
     module = CompressionModule(model, select, lr, ctx.cfg.method.weight_decay, distill)
-    trainer = build_trainer(ctx.cfg.trainer, max_epochs=epochs, logger=ctx.logger, callbacks=[],
-                            checkpoint_dir=stage_dir, root_dir=ctx.out)
-    model.train()
-    trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+    fit_stage(ctx, module, [], epochs, stage_dir, lambda step: phase)
+
+
+def fit_stage(
+    ctx: RunContext, module: CompressionModule, callbacks: list[L.Callback], epochs: int, stage_dir: Path,
+    phase_at: Callable[[int], str],
+) -> L.Trainer:
+    """One `Trainer.fit` of a training stage: guarded against NaN/inf, checkpointed into `stage_dir` and resumed
+    from its newest good checkpoint, with SIGTERM deferred to the end of the optimizer step."""
+    guard = NonFiniteGuard(ctx.cfg.trainer.on_nonfinite, phase_at)
+    trainer = build_trainer(ctx.cfg.trainer, max_epochs=epochs, logger=ctx.logger, callbacks=[*callbacks, guard],
+                            checkpoint_dir=stage_dir, root_dir=ctx.out, preemption=ctx.preemption)
+    module.model.train()
+    with ctx.preemption.deferred():
+        trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=newest_good_checkpoint(stage_dir), weights_only=True)
+    return trainer
+
+
+def drop_corrupt_boundaries(boundaries: list[Path]) -> None:
+    """A stage boundary that fails its checksums is never used: it and every later one (built on it) are
+    removed, so the run redoes the stage that wrote it."""
+    for i, boundary in enumerate(boundaries):
+        if not boundary.is_dir():
+            continue
+        try:
+            verify_checksums(boundary)
+        except CorruptArtifact as err:
+            log.error("%s; removed the stage boundary %s and redoing the stage that wrote it", err, boundary)
+            for later in boundaries[i:]:
+                shutil.rmtree(later, ignore_errors=True)
+            return
 
 
 def target_linears(cfg: ModelConfig, model: nn.Module) -> dict[str, nn.Linear]:
@@ -359,12 +411,8 @@ def compress(
         PruneScheduler(budget, scorer, method.pruning_times, plan.prune_start_step, plan.prune_steps, plan.every,
                        start_weights=full_rank_weights(model)),
     ]
-    trainer = build_trainer(
-        cfg.trainer, max_epochs=method.keeping_epochs + method.pruning_epochs, logger=ctx.logger,
-        callbacks=callbacks, checkpoint_dir=stage_dir, root_dir=ctx.out,
-    )
-    model.train()
-    trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+    trainer = fit_stage(ctx, module, callbacks, method.keeping_epochs + method.pruning_epochs, stage_dir,
+                        plan.phase_at)
     ctx.clock.split("prune")
 
     # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
@@ -392,10 +440,3 @@ def steps_per_epoch(datamodule: TaskDataModule, cfg: RunConfig) -> int:
     """Optimizer steps per epoch (Lightning steps on a partial accumulation at the epoch's end)."""
     return math.ceil(datamodule.num_train_batches / cfg.trainer.accumulate_grad_batches)
 
-
-def last_checkpoint(stage_dir: Path) -> str | None:
-    last = stage_dir / "last.ckpt"
-    if last.exists():
-        log.info("resuming from %s", last.resolve())
-        return str(last)
-    return None

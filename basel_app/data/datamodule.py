@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from basel_app.config.errors import ConfigError
 from basel_app.config.schema import TaskConfig
 from basel_app.data.sampler import ResumableBatchSampler
 from basel_app.tasks.encoding import IGNORE_INDEX, MIN_RESPONSE_TOKENS
@@ -109,7 +110,7 @@ class TaskDataModule(L.LightningDataModule):
             if value < 1:
                 raise ValueError(f"{key}={value} is not allowed; it must be >= 1")
         if max_length <= MIN_RESPONSE_TOKENS:
-            raise ValueError(f"max_length={max_length} is not allowed; it must be > {MIN_RESPONSE_TOKENS}")
+            raise ConfigError(f"task.max_length={max_length} is not allowed; it must be > {MIN_RESPONSE_TOKENS}")
         self.task = task
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
@@ -159,7 +160,7 @@ class TaskDataModule(L.LightningDataModule):
         train = self.task.load_train_records()
         if self.validation_samples:
             if self.validation_samples >= len(train):
-                raise ValueError(f"task.validation_samples={self.validation_samples} is not allowed; it must be "
+                raise ConfigError(f"task.validation_samples={self.validation_samples} is not allowed; it must be "
                                  f"below the {len(train)} records of the training split")
             held = set(self._seeded_choice(len(train), self.validation_samples))
             self.validation_records = [r for i, r in enumerate(train) if i in held]
@@ -222,9 +223,7 @@ class TaskDataModule(L.LightningDataModule):
         batches_before = self.num_train_batches
         self.train_dataset = self._encode(self.train_records, "train")
         if not len(self.train_dataset):
-            raise ValueError(
-                f"every training example is too long for task.max_length={self.max_length}; raise it"
-            )
+            raise ConfigError(f"every training example is too long for task.max_length={self.max_length}; raise it")
         if self.num_train_batches != batches_before:
             rank_zero_warn(
                 f"skipped training examples changed the batches per epoch from {batches_before} to "
@@ -303,8 +302,8 @@ class TaskDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, int]:
         """Where training stands: the epoch and how many of its batches are done.
 
-        Called while a checkpoint is written. From ``on_train_batch_end`` (``ModelCheckpoint``'s
-        ``every_n_train_steps``) Lightning 2.6 has already counted the batch just finished as
+        Called while a checkpoint is written. From ``on_train_batch_end`` (where ``StageCheckpoints`` saves
+        every N steps and on SIGTERM) Lightning 2.6 has already counted the batch just finished as
         ``processed`` (``training_epoch_loop.advance`` increments it before the batch-end hooks).
         """
         trainer = self._trainer

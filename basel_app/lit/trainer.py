@@ -11,10 +11,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from basel_app.config.schema import LoggerConfig, TrainerConfig
+from basel_app.lit.checkpoints import StageCheckpoints
+from basel_app.preemption import Preemption
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +95,11 @@ def build_trainer(
     callbacks: list[Callback],
     checkpoint_dir: Path | None,
     root_dir: Path,
+    preemption: Preemption | None = None,
 ) -> L.Trainer:
-    """A Trainer for one stage; with `checkpoint_dir`, it checkpoints every N steps and every epoch."""
+    """A Trainer for one stage; with `checkpoint_dir`, it checkpoints every N steps, every epoch and on SIGTERM."""
     if checkpoint_dir is not None:
-        callbacks = [
-            *callbacks,
-            ModelCheckpoint(
-                dirpath=checkpoint_dir,
-                filename="{epoch}-{step}",
-                save_top_k=1,  # without a monitor: only the newest is kept
-                save_last="link",
-                every_n_train_steps=cfg.checkpoint_every_n_steps,
-                save_on_train_epoch_end=True,
-            ),
-        ]
+        callbacks = [*callbacks, StageCheckpoints(checkpoint_dir, cfg.checkpoint_every_n_steps, preemption)]
     return L.Trainer(
         **_shared_trainer_args(cfg, logger, root_dir),
         max_epochs=max_epochs,

@@ -4,7 +4,7 @@ and drops, in every layer, the lowest-priority bases the size budget says must g
 
 The number of events due is a pure function of the step (`pruning_events_due`), and the events done
 (and the scorer's own state) are callback state, so a run resumed from any checkpoint prunes exactly where the original would.
-Lightning runs ModelCheckpoint after this callback, so a checkpoint never splits a step from its event.
+Lightning runs checkpoint callbacks (`StageCheckpoints`) after this one, so a checkpoint never splits a step from its event.
 
 Under DDP the masks of an event are decided once, on rank 0, and broadcast; a checksum of every layer's mask
 is then compared across ranks, so processes that would train different models stop at the event that split
