@@ -11,7 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from basel_app.config.errors import ConfigError
+from basel_app.config.errors import ConfigError, NonFiniteError, Preempted
+from basel_app.distributed import world_rank
 from basel_app.files import atomic_write_json
 
 log = logging.getLogger("basel_app")
@@ -42,9 +43,10 @@ def route_lightning_logs_through_hydra() -> None:
 def run_validated(cfg: DictConfig, job: Callable[[Any], Any]) -> None:
     """Validate `cfg` into its dataclasses (types, ranges, cross-field rules), then run `job` on them.
 
-    A ConfigError — from the dataclasses or from the job's own pre-flight checks — ends the process with
-    one line naming the bad value and exit status 2. Any error leaves `FAILED_MARKER` in the output dir
-    (what `python -m basel_app.report` lists a failed run by); a new attempt on that dir removes it first.
+    The errors a user must act on end the process with one line and their own exit status: a ConfigError
+    (a bad value or input file, or a corrupt artifact: 2), a NonFiniteError (training diverged: 3), Preempted
+    (SIGTERM; a checkpoint was saved, re-run to continue: 75). Any error leaves `FAILED_MARKER` in the output
+    dir (what `python -m basel_app.report` lists a failed run by); a new attempt on that dir removes it first.
     """
     route_lightning_logs_through_hydra()
     marker = Path(cfg.output_dir) / FAILED_MARKER
@@ -52,8 +54,9 @@ def run_validated(cfg: DictConfig, job: Callable[[Any], Any]) -> None:
     try:
         job(OmegaConf.to_object(cfg))
     except Exception as err:
-        atomic_write_json(marker, {"error": f"{type(err).__name__}: {err}"})
-        if not isinstance(err, ConfigError):
+        if world_rank() == 0:  # under DDP rank 0's own error, not the others' "rank 0 failed"
+            atomic_write_json(marker, {"error": f"{type(err).__name__}: {err}"})
+        if not isinstance(err, (ConfigError, NonFiniteError, Preempted)):
             raise
         log.error("%s", err)
-        sys.exit(2)
+        sys.exit(err.exit_code)

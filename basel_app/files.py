@@ -1,14 +1,24 @@
-"""Outputs are complete or absent: write to a temporary name beside the target, then rename."""
+"""Outputs are complete or absent: write to a temporary name beside the target, then rename; a sha256 tells a
+complete file from a damaged one later; what a killed writer left behind is removed on the next start."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Hidden names of unfinished writes beside their target: `.<name>.partial-*` (a directory being written),
+# `.<name>.old-*` (the previous version being replaced), `.<name>.*.tmp` (a file being written).
+PARTIAL, OLD, TMP = ".partial-", ".old-", ".tmp"
 
 
 @contextmanager
@@ -18,7 +28,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     The temporary name does not end in `path`'s suffix: writers that guess a format from it must be told.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -35,3 +45,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_unfinished_writes(root: Path) -> list[Path]:
+    """Delete what writers killed mid-way left under `root` (never a finished output); returns what was removed."""
+    stale = [p for p in root.rglob(".*") if PARTIAL in p.name or OLD in p.name or p.name.endswith(TMP)]
+    for path in stale:
+        log.warning("removing %s: an unfinished write from an earlier, interrupted attempt", path)
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    return stale

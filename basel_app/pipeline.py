@@ -16,7 +16,15 @@
    (each complete or absent).
 
 Stages 0 and 1 each end in a saved model (a stage boundary), so a resumed run that finds one skips
-what produced it; within a stage, a run dir that holds checkpoints is resumed from them."""
+what produced it; within a stage, a run dir that holds checkpoints is resumed from the newest that passes
+its sha256. A boundary that fails its checksums is removed with every later one, and the stage that wrote it
+runs again. Unfinished writes of a killed attempt are removed first. SIGTERM saves a checkpoint when it comes
+during training and ends the run with `Preempted` (exit status 75); a NaN or inf in training stops it with
+`NonFiniteError` (exit status 3) unless `trainer.on_nonfinite=skip`.
+
+Under `trainer.strategy=ddp` every process runs this same function (started by `launch_processes`, first);
+they train together, each on its part of every batch, and agree on every mask (`PruneScheduler`). Only
+rank 0 evaluates and writes files; the others wait for it and take its results (`on_rank_zero`)."""
 
 from __future__ import annotations
 
@@ -35,13 +43,14 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import nn
 
 from basel_app.clock import PhaseClock
-from basel_app.config.errors import ConfigError
+from basel_app.config.errors import ConfigError, CorruptArtifact
 from basel_app.config.names import PRUNING_SCORERS
 from basel_app.config.schema import MethodConfig, ModelConfig, RunConfig
 from basel_app.data import TaskDataModule
+from basel_app.distributed import on_rank_zero
 from basel_app.decomposition_cache import DecompositionCache
 from basel_app.evaluate import evaluate_on_task, headline_numbers
-from basel_app.files import atomic_write_json
+from basel_app.files import atomic_write_json, remove_unfinished_writes
 from basel_app.lit.callbacks import (
     BSIImportance,
     KeepPhase,
@@ -52,9 +61,11 @@ from basel_app.lit.callbacks import (
     full_rank_weights,
 )
 from basel_app.lit.callbacks.keep_phase import kept_bases, kept_singular_values
+from basel_app.lit.callbacks.nonfinite_guard import NonFiniteGuard
+from basel_app.lit.checkpoints import newest_good_checkpoint
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
-from basel_app.lit.trainer import build_logger, build_trainer, resolve_precision
+from basel_app.lit.trainer import build_logger, build_trainer, launch_processes, resolve_precision, single_process
 from basel_app.lowrank import (
     compression_ratio,
     count_parameters,
@@ -71,8 +82,16 @@ from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budge
 from basel_app.lowrank.factorizations import Factorization
 from basel_app.methods.distillation import Distillation
 from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, svd_bases_of, truncate_layers
-from basel_app.models import check_model_source, load_compressed, load_model, read_metadata, save_compressed
+from basel_app.models import (
+    check_model_source,
+    load_compressed,
+    load_model,
+    read_metadata,
+    save_compressed,
+    verify_checksums,
+)
 from basel_app.plots import save_run_pictures
+from basel_app.preemption import Preemption
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +101,8 @@ KEPT_BASES_FILE = "kept_bases.json"
 
 @dataclass(frozen=True)
 class PhasePlan:
-    """Optimizer-step positions of the phases (stage 1 counts steps from 0)."""
+    """Optimizer-step positions of the phases (stage 1 counts steps from 0), in steps of one process: under
+    DDP every process steps once per global batch, so the steps are those of its own part of the data."""
 
     steps_per_epoch: int
     prune_start_step: int
@@ -101,6 +121,9 @@ class PhasePlan:
             )
         return cls(steps_per_epoch, steps_per_epoch * method.keeping_epochs, prune_steps, every)
 
+    def phase_at(self, step: int) -> str:
+        return "keep" if step < self.prune_start_step else "prune"
+
 
 @dataclass
 class RunContext:
@@ -113,19 +136,27 @@ class RunContext:
     spectra: SpectraRecord
     clock: PhaseClock
     out: Path
+    preemption: Preemption
     cache: DecompositionCache  # decompositions and calibration statistics on disk (cache.enabled)
     distill: Distillation | None = None  # the teacher of stages 1 and 2 (method.distill.alpha > 0)
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
+    launch_processes(cfg.trainer)
+    with Preemption().installed() as preemption:
+        return _run(cfg, preemption)
+
+
+def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_unfinished_writes(out)
     L.seed_everything(cfg.seed, workers=True)
     clock = PhaseClock()
 
     # 1. Cheap checks first: a bad model source or data file fails (a ConfigError) before any loading.
     check_model_source(cfg.model)
-    datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed)
+    datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed, world_size=cfg.trainer.world_size)
     datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
     log.info("precision: %s (trainer.precision=%s)", resolve_precision(cfg.trainer), cfg.trainer.precision)
@@ -146,25 +177,30 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     budget = resolve_budget(sized, original["params"], fixed_parameters(model, targets), targets, extra)
     log.info("size budget: %s", budget.describe())
     clock.split("load_model")
-    evaluation = {"before": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)}
+    evaluation = {"before": evaluate_once(model, tokenizer, datamodule, cfg, logger, out)}
     clock.split("eval_before")
 
     cache = DecompositionCache(cfg.cache.dir if cfg.cache.enabled else None)
-    ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out, cache)
+    ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out, preemption, cache)
 
     # 3. Stage 0 (optional, any method): fine-tune the input model on the task; its result is a boundary too.
     checkpoints = out / "checkpoints"
     boundary = checkpoints / "recomposed"
     pretuned = checkpoints / "pre_finetuned"
+    drop_corrupt_boundaries([pretuned, boundary])
     if cfg.method.pre_finetune_epochs > 0 and not boundary.is_dir():
         if pretuned.is_dir():
             log.info("stage 0 already done: resuming from %s", pretuned)
             model.load_state_dict(load_compressed(pretuned)[0].state_dict())  # in place: `targets` stay valid
         else:
             finetune(ctx, model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
-                     checkpoints / "pre_finetune")
-            save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
-            shutil.rmtree(checkpoints / "pre_finetune", ignore_errors=True)
+                     checkpoints / "pre_finetune", "pre_finetune")
+
+            def save_stage_0() -> None:
+                save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
+                shutil.rmtree(checkpoints / "pre_finetune", ignore_errors=True)
+
+            on_rank_zero(save_stage_0)
         clock.split("pre_finetune")
     if cfg.method.distill.alpha > 0:
         # The teacher is the model stage 1 starts from; a resumed run rebuilds it from the same source.
@@ -186,26 +222,32 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             stage1 = compress(ctx, model, targets, plan, budget)
         else:
             stage1 = compress_one_shot(ctx, model, targets, budget)
-        atomic_write_json(out / "spectra.json", ctx.spectra.stages)
-        if "kept_bases" in stage1:
-            atomic_write_json(out / KEPT_BASES_FILE, stage1.pop("kept_bases"))
-        save_compressed(model, tokenizer, boundary, metadata=stage1, overwrite=True)
-        shutil.rmtree(checkpoints / "compress", ignore_errors=True)  # the boundary supersedes stage-1 checkpoints
+        kept = stage1.pop("kept_bases", None)
+
+        def save_stage_1() -> None:
+            atomic_write_json(out / "spectra.json", ctx.spectra.stages)
+            if kept is not None:
+                atomic_write_json(out / KEPT_BASES_FILE, kept)
+            save_compressed(model, tokenizer, boundary, metadata=stage1, overwrite=True)
+            shutil.rmtree(checkpoints / "compress", ignore_errors=True)  # the boundary supersedes stage-1 checkpoints
+
+        on_rank_zero(save_stage_1)
     recomposed_ranks = stage1["recomposed_ranks"]
 
     # 5. Stage 2: post-fine-tune the compressed model.
     if cfg.method.post_finetune_epochs > 0:
         finetune(ctx, model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
-                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune", ctx.distill)
+                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune", "post_finetune", ctx.distill)
         clock.split("post_finetune")
 
     # 6. Evaluate and write the results.
-    evaluation["after"] = evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out)
+    evaluation["after"] = evaluate_once(model, tokenizer, datamodule, cfg, logger, out)
     clock.split("eval_after")
     compressed = {"params": count_parameters(model), "bytes": state_bytes(model)}
     provenance = {"base_model": loaded.provenance, "method": cfg.method.name, "task": cfg.task.name,
                   "config": asdict(cfg)}
-    model_dir = save_compressed(model, tokenizer, out / "compressed_model", metadata=provenance, overwrite=True)
+    model_dir = out / "compressed_model"
+    on_rank_zero(lambda: save_compressed(model, tokenizer, model_dir, metadata=provenance, overwrite=True))
     disk_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     clock.split("save")
     metrics = {
@@ -233,10 +275,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "precision": resolve_precision(cfg.trainer),
         "config": asdict(cfg),
     }
-    pictures = save_run_pictures(out, ctx.spectra.stages, metrics["ranks"], run_name=f"{cfg.method.name}, {out.name}")
-    atomic_write_json(out / "metrics.json", metrics)  # last: a run dir with metrics.json is a finished run
-    log_summary(logger, metrics, pictures)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
+
+    def write_results() -> None:
+        pictures = save_run_pictures(out, ctx.spectra.stages, metrics["ranks"],
+                                     run_name=f"{cfg.method.name}, {out.name}")
+        atomic_write_json(out / "metrics.json", metrics)  # last: a run dir with metrics.json is a finished run
+        log_summary(logger, metrics, pictures)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
+
+    on_rank_zero(write_results)
     log.info(
         "compression %.3fx: %d -> %d parameters, %.1f -> %.1f MB; answer loss %s -> %s",
         metrics["compression_ratio"], original["params"], compressed["params"], original["bytes"] / 1e6,
@@ -247,17 +294,52 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     return metrics
 
 
+def evaluate_once(
+    model: nn.Module, tokenizer: Any, datamodule: TaskDataModule, cfg: RunConfig, logger: Logger, out: Path
+) -> dict[str, Any]:
+    """`evaluate_on_task` on rank 0 alone (one device); every rank gets its result."""
+    return on_rank_zero(lambda: evaluate_on_task(model, tokenizer, datamodule, cfg.eval, single_process(cfg.trainer),
+                                                 logger, out))
+
+
 def finetune(
     ctx: RunContext, model: nn.Module, select: Callable[[nn.Module], list[nn.Parameter]], lr: float, epochs: int,
-    stage_dir: Path, distill: Distillation | None = None,
+    stage_dir: Path, phase: str, distill: Distillation | None = None,
 ) -> None:
     """Task fine-tuning of the `select`ed parameters, in place, resumable from `stage_dir` (stages 0 and 2;
     stage 2 distils from `distill`'s teacher when given)."""
     module = CompressionModule(model, select, lr, ctx.cfg.method.weight_decay, distill)
-    trainer = build_trainer(ctx.cfg.trainer, max_epochs=epochs, logger=ctx.logger, callbacks=[],
-                            checkpoint_dir=stage_dir, root_dir=ctx.out)
-    model.train()
-    trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+    fit_stage(ctx, module, [], epochs, stage_dir, lambda step: phase)
+
+
+def fit_stage(
+    ctx: RunContext, module: CompressionModule, callbacks: list[L.Callback], epochs: int, stage_dir: Path,
+    phase_at: Callable[[int], str],
+) -> L.Trainer:
+    """One `Trainer.fit` of a training stage: guarded against NaN/inf, checkpointed into `stage_dir` and resumed
+    from its newest good checkpoint, with SIGTERM deferred to the end of the optimizer step."""
+    guard = NonFiniteGuard(ctx.cfg.trainer.on_nonfinite, phase_at)
+    trainer = build_trainer(ctx.cfg.trainer, max_epochs=epochs, logger=ctx.logger, callbacks=[*callbacks, guard],
+                            checkpoint_dir=stage_dir, root_dir=ctx.out, preemption=ctx.preemption)
+    module.model.train()
+    with ctx.preemption.deferred():
+        trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=newest_good_checkpoint(stage_dir), weights_only=True)
+    return trainer
+
+
+def drop_corrupt_boundaries(boundaries: list[Path]) -> None:
+    """A stage boundary that fails its checksums is never used: it and every later one (built on it) are
+    removed, so the run redoes the stage that wrote it."""
+    for i, boundary in enumerate(boundaries):
+        if not boundary.is_dir():
+            continue
+        try:
+            verify_checksums(boundary)
+        except CorruptArtifact as err:
+            log.error("%s; removed the stage boundary %s and redoing the stage that wrote it", err, boundary)
+            for later in boundaries[i:]:
+                shutil.rmtree(later, ignore_errors=True)
+            return
 
 
 def target_linears(cfg: ModelConfig, model: nn.Module) -> dict[str, nn.Linear]:
@@ -334,12 +416,8 @@ def compress(
         PruneScheduler(budget, scorer, method.pruning_times, plan.prune_start_step, plan.prune_steps, plan.every,
                        start_weights=full_rank_weights(model)),
     ]
-    trainer = build_trainer(
-        cfg.trainer, max_epochs=method.keeping_epochs + method.pruning_epochs, logger=ctx.logger,
-        callbacks=callbacks, checkpoint_dir=stage_dir, root_dir=ctx.out,
-    )
-    model.train()
-    trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=last_checkpoint(stage_dir), weights_only=True)
+    trainer = fit_stage(ctx, module, callbacks, method.keeping_epochs + method.pruning_epochs, stage_dir,
+                        plan.phase_at)
     ctx.clock.split("prune")
 
     # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
@@ -367,10 +445,3 @@ def steps_per_epoch(datamodule: TaskDataModule, cfg: RunConfig) -> int:
     """Optimizer steps per epoch (Lightning steps on a partial accumulation at the epoch's end)."""
     return math.ceil(datamodule.num_train_batches / cfg.trainer.accumulate_grad_batches)
 
-
-def last_checkpoint(stage_dir: Path) -> str | None:
-    last = stage_dir / "last.ckpt"
-    if last.exists():
-        log.info("resuming from %s", last.resolve())
-        return str(last)
-    return None

@@ -24,7 +24,8 @@ from .conftest import REPO
 
 # 3 keep ratios x 2 methods on the tiny random Llama, every phase as short as it goes; the benchmarks run on
 # 2 items with 4 new tokens, so the table has accuracies as well as the answer loss.
-SWEEP = ["-m", "method=svd,basel", "method.keep_ratio=0.3,0.6,0.9", "model=tiny_random", "logger=csv",
+SWEEP = ["-m", "method=svd,basel", "method.compression_ratio=null", "method.keep_ratio=0.3,0.6,0.9", "model=tiny_random",
+         "logger=csv",
          "task.max_train_samples=8", "task.max_eval_samples=2", "method.post_finetune_epochs=0", "eval.limit=2",
          "eval.max_new_tokens=4", "trainer.enable_progress_bar=false"]
 

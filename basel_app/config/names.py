@@ -31,10 +31,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 TASK_SOURCES = ("packaged", "local", "hub")
 LOGGERS = ("wandb", "csv")
 # Lightning's precision names, plus `auto`: bf16-mixed where the hardware computes in bf16, else 32-true.
+# auto: one process on one device; ddp: one process per device, gradients all-reduced (lit/trainer.py)
+STRATEGIES = ("auto", "ddp")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 POST_FINETUNE_PARAMS = ("all", "lowrank")
 # The linear layers of one Llama decoder block.
 BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# What a NaN or inf in a training loss or gradient does: stop the run (naming phase, step, layer) or skip the batch.
+NONFINITE_POLICIES = ("stop", "skip")
 # Every linear layer of a Llama decoder plus the output head (METHODS.md, "Which layers").
 LLAMA_LINEARS = [*BLOCK_LINEARS, "lm_head"]

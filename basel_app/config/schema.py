@@ -7,8 +7,9 @@ names the bad value and what is allowed, so a typo costs seconds, not a model lo
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -29,10 +30,12 @@ from basel_app.config.names import (
     LOGGERS,
     METHODS,
     MODEL_SOURCES,
+    NONFINITE_POLICIES,
     POST_FINETUNE_PARAMS,
     PRECISIONS,
     PRUNING_METHODS,
     SCORE_VARIANTS,
+    STRATEGIES,
     TASK_SOURCES,
     TASK_NAMES,
     WANDB_MODES,
@@ -47,6 +50,14 @@ def _require(ok: bool, message: str) -> None:
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
+
+def _require_finite(section: str, config: Any) -> None:
+    """Every float field of `config` (rates, timeouts, ratios, scales) is a finite number: an inf learning
+    rate or timeout is accepted by every range check below and fails much later, far from its cause."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        _require(not isinstance(value, float) or math.isfinite(value),
+                 f"{section}.{f.name}={value} is not allowed; it must be a finite number")
 
 
 
@@ -142,6 +153,7 @@ class ImportanceConfig:
     ema: float = 0.0  # β: per-basis EMA of g and diag(H) across pruning events; 0 = this event's only
 
     def __post_init__(self) -> None:
+        _require_finite("method.importance", self)
         _require(self.batches >= 1, f"method.importance.batches={self.batches} is not allowed; it must be >= 1")
         _require(self.probes >= 1, f"method.importance.probes={self.probes} is not allowed; Hutchinson needs K >= 1")
         _require(self.eps_scale > 0, f"method.importance.eps_scale={self.eps_scale} is not allowed; ε must be > 0")
@@ -159,6 +171,7 @@ class DistillConfig:
     temperature: float = 1.0  # softens both distributions; higher spreads weight over the teacher's runners-up
 
     def __post_init__(self) -> None:
+        _require_finite("method.distill", self)
         _require(0.0 <= self.alpha <= 1.0, f"method.distill.alpha={self.alpha} is not allowed; it must be in [0, 1]")
         _require(self.temperature > 0,
                  f"method.distill.temperature={self.temperature} is not allowed; it must be > 0")
@@ -210,6 +223,7 @@ class MethodConfig:
         return self.name not in DENSE_METHODS
 
     def __post_init__(self) -> None:
+        _require_finite("method", self)
         _one_of("method.name", self.name, METHODS)
         _require(
             0.0 < self.keep_ratio <= 1.0,
@@ -275,17 +289,36 @@ class TrainerConfig:
     """Where and how Lightning runs; passed to `lightning.Trainer` field by field."""
 
     accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
+    devices: Any = 1  # processes per node under strategy=ddp
+    strategy: str = "auto"  # auto: one process; ddp: one per device, each on its own slice of every global batch
+    num_nodes: int = 1
     precision: str = "auto"  # auto: bf16-mixed on CPUs with AVX512-bf16/AMX and bf16 GPUs, else 32-true
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 1.0
     log_every_n_steps: int = 1
     checkpoint_every_n_steps: int = 50  # besides one at every epoch end
     enable_progress_bar: bool = True
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (naming phase, step, layer) | skip the batch
+
+    @property
+    def world_size(self) -> int:
+        """How many processes the run has (devices per node × nodes under ddp; one otherwise)."""
+        return self.devices * self.num_nodes if self.strategy != "auto" else 1
 
     def __post_init__(self) -> None:
+        _require_finite("trainer", self)
+        _one_of("trainer.strategy", self.strategy, STRATEGIES)
         _one_of("trainer.precision", self.precision, PRECISIONS)
+        _one_of("trainer.on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
+        _require(self.num_nodes >= 1, f"trainer.num_nodes={self.num_nodes} is not allowed; it must be >= 1")
+        if self.strategy == "auto":
+            _require(self.devices == 1 and self.num_nodes == 1,
+                     f"trainer.devices={self.devices} trainer.num_nodes={self.num_nodes} is not allowed with "
+                     "trainer.strategy=auto (one process); use trainer.strategy=ddp for several devices or nodes")
+        else:
+            _require(isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1,
+                     f"trainer.devices={self.devices!r} is not allowed with trainer.strategy={self.strategy}; "
+                     "give the number of processes per node (an integer >= 1)")
         _require(
             self.accumulate_grad_batches >= 1,
             f"trainer.accumulate_grad_batches={self.accumulate_grad_batches} is not allowed; it must be >= 1",
@@ -323,6 +356,7 @@ class EvalConfig:
     code_timeout_s: float = 10.0  # wall-clock limit of one generated program in the sandbox
 
     def __post_init__(self) -> None:
+        _require_finite("eval", self)
         for name in self.benchmarks or []:
             _one_of("eval.benchmarks", name, BENCHMARK_NAMES)
         _require(self.limit is None or self.limit >= 1, f"eval.limit={self.limit} is not allowed; use null (all) or >= 1")

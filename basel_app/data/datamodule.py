@@ -25,7 +25,6 @@ does not apply here, because this datamodule restores the position itself.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from basel_app.config.errors import ConfigError
 from basel_app.config.schema import TaskConfig
 from basel_app.data.sampler import ResumableBatchSampler
 from basel_app.tasks.encoding import IGNORE_INDEX, MIN_RESPONSE_TOKENS
@@ -103,13 +103,14 @@ class TaskDataModule(L.LightningDataModule):
         seed: int = 0,
         validation_samples: int = 0,
         num_workers: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         for key, value in (("train_batch_size", train_batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"{key}={value} is not allowed; it must be >= 1")
         if max_length <= MIN_RESPONSE_TOKENS:
-            raise ValueError(f"max_length={max_length} is not allowed; it must be > {MIN_RESPONSE_TOKENS}")
+            raise ConfigError(f"task.max_length={max_length} is not allowed; it must be > {MIN_RESPONSE_TOKENS}")
         self.task = task
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
@@ -119,6 +120,7 @@ class TaskDataModule(L.LightningDataModule):
         self.seed = seed
         self.validation_samples = validation_samples
         self.num_workers = num_workers
+        self.world_size = world_size  # processes sharing each global batch (DDP); train_batch_size is per process
 
         self.train_records: list[Record] | None = None
         self.eval_records: list[Record] | None = None
@@ -133,7 +135,7 @@ class TaskDataModule(L.LightningDataModule):
         self._pending_resume: dict[str, int] | None = None
 
     @classmethod
-    def from_config(cls, task_cfg: TaskConfig, seed: int, num_workers: int = 0) -> TaskDataModule:
+    def from_config(cls, task_cfg: TaskConfig, seed: int, num_workers: int = 0, world_size: int = 1) -> TaskDataModule:
         """Build the task named by ``task_cfg.name`` and its datamodule."""
 
         return cls(
@@ -146,6 +148,7 @@ class TaskDataModule(L.LightningDataModule):
             seed=seed,
             validation_samples=task_cfg.validation_samples,
             num_workers=num_workers,
+            world_size=world_size,
         )
 
     # 1. records -------------------------------------------------------------------------------------
@@ -157,7 +160,7 @@ class TaskDataModule(L.LightningDataModule):
         train = self.task.load_train_records()
         if self.validation_samples:
             if self.validation_samples >= len(train):
-                raise ValueError(f"task.validation_samples={self.validation_samples} is not allowed; it must be "
+                raise ConfigError(f"task.validation_samples={self.validation_samples} is not allowed; it must be "
                                  f"below the {len(train)} records of the training split")
             held = set(self._seeded_choice(len(train), self.validation_samples))
             self.validation_records = [r for i, r in enumerate(train) if i in held]
@@ -182,7 +185,7 @@ class TaskDataModule(L.LightningDataModule):
 
     @property
     def num_train_batches(self) -> int:
-        """Training batches per epoch (the last one may be short).
+        """Training batches per epoch of each process (the last one may be short).
 
         Known right after :meth:`load_records` (``ceil(records / batch size)``); after :meth:`setup` it is
         recomputed from the examples that survived tokenization, so it is always the exact number of
@@ -195,7 +198,7 @@ class TaskDataModule(L.LightningDataModule):
             n = len(self.train_records)
         else:
             raise RuntimeError("num_train_batches is unknown before load_records()")
-        return math.ceil(n / self.train_batch_size)
+        return len(ResumableBatchSampler(n, self.train_batch_size, self.seed, world_size=self.world_size))
 
     # 2. tokenizer and 3. tokenization ------------------------------------------------------------------
 
@@ -220,9 +223,7 @@ class TaskDataModule(L.LightningDataModule):
         batches_before = self.num_train_batches
         self.train_dataset = self._encode(self.train_records, "train")
         if not len(self.train_dataset):
-            raise ValueError(
-                f"every training example is too long for task.max_length={self.max_length}; raise it"
-            )
+            raise ConfigError(f"every training example is too long for task.max_length={self.max_length}; raise it")
         if self.num_train_batches != batches_before:
             rank_zero_warn(
                 f"skipped training examples changed the batches per epoch from {batches_before} to "
@@ -255,7 +256,12 @@ class TaskDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup(self.train_dataset)
-        self.train_sampler = ResumableBatchSampler(len(self.train_dataset), self.train_batch_size, self.seed)
+        rank, world_size = (self._trainer.global_rank, self._trainer.world_size) if self._trainer else (0, 1)
+        if world_size != self.world_size:
+            raise RuntimeError(f"the trainer has {world_size} processes but the data module was sized for "
+                               f"{self.world_size}: the phase plan would count the wrong number of steps")
+        self.train_sampler = ResumableBatchSampler(len(self.train_dataset), self.train_batch_size, self.seed,
+                                                   rank=rank, world_size=world_size)
         if self._pending_resume is not None:
             self._restore_position(self._pending_resume)
             self._pending_resume = None
@@ -296,8 +302,8 @@ class TaskDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, int]:
         """Where training stands: the epoch and how many of its batches are done.
 
-        Called while a checkpoint is written. From ``on_train_batch_end`` (``ModelCheckpoint``'s
-        ``every_n_train_steps``) Lightning 2.6 has already counted the batch just finished as
+        Called while a checkpoint is written. From ``on_train_batch_end`` (where ``StageCheckpoints`` saves
+        every N steps and on SIGTERM) Lightning 2.6 has already counted the batch just finished as
         ``processed`` (``training_epoch_loop.advance`` increments it before the batch-end hooks).
         """
         trainer = self._trainer

@@ -8,6 +8,14 @@ resumed from a checkpoint only needs ``(epoch, batches done)`` to continue exact
 Lightning calls ``set_epoch`` each epoch on ``dataloader.sampler`` and ``dataloader.batch_sampler.sampler``
 (not on the batch sampler itself), so the per-epoch index order lives in :class:`EpochSeededSampler`,
 held as ``ResumableBatchSampler.sampler``; ``ResumableBatchSampler.set_epoch`` forwards to it.
+
+Under DDP each of the ``world_size`` processes holds a sampler with its own ``rank``. They share the epoch's
+order and cut it into global batches of ``batch_size × world_size``; rank ``r`` takes the ``r``-th of
+``world_size`` equal parts of each. Equal parts need a length divisible by ``world_size``, so the order is
+first padded with its own first indices (as ``torch.utils.data.DistributedSampler`` pads): every rank has the
+same number of batches (a rank with one batch fewer would leave the others waiting in an all-reduce forever),
+the ranks' batches are disjoint but for those few repeats, and one process with ``batch_size × world_size``
+sees the same global batches.
 """
 
 from __future__ import annotations
@@ -56,12 +64,16 @@ class ResumableBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, num_samples: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False
+        self, num_samples: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
+        rank: int = 0, world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is not allowed; it must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not allowed with world_size={world_size}; it must be in [0, world_size)")
         self.sampler = EpochSeededSampler(num_samples, seed, shuffle)
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
         self._skip: tuple[int, int] | None = None  # (epoch, batches) of a pending skip_next
 
@@ -84,12 +96,20 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self._skip = (self.epoch, n_batches)
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
-        """All batches of ``epoch`` (default: the current one), ignoring any pending skip."""
+        """This rank's batches of ``epoch`` (default: the current one), ignoring any pending skip."""
         order = self.sampler.order(epoch)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        return batches
+        if order:  # pad to a multiple of world_size by repeating the order's start
+            order = (order * self.world_size)[: self._padded_samples]
+        size = self.batch_size * self.world_size
+        global_batches = [order[i : i + size] for i in range(0, len(order), size)]
+        if self.drop_last and global_batches and len(global_batches[-1]) < size:
+            global_batches.pop()
+        part = [len(batch) // self.world_size for batch in global_batches]
+        return [batch[self.rank * n : (self.rank + 1) * n] for batch, n in zip(global_batches, part)]
+
+    @property
+    def _padded_samples(self) -> int:
+        return -(-self.sampler.num_samples // self.world_size) * self.world_size
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator: the epoch and the skip are read at the first next(), not at iter(). Lightning creates
@@ -99,5 +119,5 @@ class ResumableBatchSampler(Sampler[list[int]]):
         yield from self.batches()[start:]
 
     def __len__(self) -> int:
-        n = self.sampler.num_samples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, size = self._padded_samples, self.batch_size * self.world_size
+        return n // size if self.drop_last else -(-n // size)

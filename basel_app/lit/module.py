@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchmetrics import SumMetric
 
+from basel_app.config.errors import NonFiniteError
 from basel_app.evaluation.answer_loss import answer_nll, loss_summary
 from basel_app.lowrank import set_trainable
 from basel_app.methods.distillation import Distillation
@@ -27,10 +28,14 @@ class AnswerLossModule(L.LightningModule):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.eval_nll, self.eval_tokens = SumMetric(), SumMetric()
+        # One process evaluates (under DDP rank 0 alone, while the others wait), so the sums are never synced.
+        self.eval_nll, self.eval_tokens = SumMetric(sync_on_compute=False), SumMetric(sync_on_compute=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         nll, tokens = answer_nll(self.model, batch)
+        if not bool(torch.isfinite(nll)):  # a sum that dropped it would report a diverged model as perfect
+            raise NonFiniteError(f"the answer loss of evaluation batch {batch_idx} is {float(nll)}: the model's "
+                                 "weights or logits hold NaN or inf, so no loss or perplexity can be reported")
         self.eval_nll.update(nll)
         self.eval_tokens.update(tokens)
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from basel_app.config.schema import LoggerConfig, TrainerConfig
+from basel_app.lit.checkpoints import StageCheckpoints
+from basel_app.preemption import Preemption
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,26 @@ def build_logger(cfg: LoggerConfig, output_dir: Path, run_name: str) -> Logger:
     return WandbLogger(project=cfg.project, name=run_name, save_dir=str(output_dir), mode=mode)
 
 
+def launch_processes(cfg: TrainerConfig) -> None:
+    """Under ddp, start the other processes now, at the top of the run, and join them in one process group.
+
+    Lightning's launcher runs this same command line again once per extra local process (Hydra's run dir
+    passed on, so every rank works in one output dir); each runs the whole pipeline, and the Trainers of
+    every stage find the group already there. Starting them here rather than at the first `fit` means every
+    step before training (loading, evaluation, the saves) can already wait for rank 0 or share its result.
+    """
+    if cfg.world_size == 1:
+        return
+    fabric = L.Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy="ddp")
+    fabric.launch()
+    log.info("rank %d of %d started", fabric.global_rank, fabric.world_size)
+
+
+def single_process(cfg: TrainerConfig) -> TrainerConfig:
+    """`cfg` for work that rank 0 does alone (evaluation): one device, no strategy."""
+    return replace(cfg, strategy="auto", devices=1, num_nodes=1)
+
+
 def build_trainer(
     cfg: TrainerConfig,
     *,
@@ -72,20 +95,11 @@ def build_trainer(
     callbacks: list[Callback],
     checkpoint_dir: Path | None,
     root_dir: Path,
+    preemption: Preemption | None = None,
 ) -> L.Trainer:
-    """A Trainer for one stage; with `checkpoint_dir`, it checkpoints every N steps and every epoch."""
+    """A Trainer for one stage; with `checkpoint_dir`, it checkpoints every N steps, every epoch and on SIGTERM."""
     if checkpoint_dir is not None:
-        callbacks = [
-            *callbacks,
-            ModelCheckpoint(
-                dirpath=checkpoint_dir,
-                filename="{epoch}-{step}",
-                save_top_k=1,  # without a monitor: only the newest is kept
-                save_last="link",
-                every_n_train_steps=cfg.checkpoint_every_n_steps,
-                save_on_train_epoch_end=True,
-            ),
-        ]
+        callbacks = [*callbacks, StageCheckpoints(checkpoint_dir, cfg.checkpoint_every_n_steps, preemption)]
     return L.Trainer(
         **_shared_trainer_args(cfg, logger, root_dir),
         max_epochs=max_epochs,
@@ -94,6 +108,7 @@ def build_trainer(
         log_every_n_steps=cfg.log_every_n_steps,
         enable_checkpointing=checkpoint_dir is not None,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the data module's sampler gives each rank its own part of a batch
         limit_val_batches=0,  # evaluation runs before and after compression, not during it
         callbacks=callbacks,
     )
@@ -108,7 +123,10 @@ def _shared_trainer_args(cfg: TrainerConfig, logger: Logger | None, root_dir: Pa
     return {
         "accelerator": cfg.accelerator,
         "devices": cfg.devices,
-        "strategy": cfg.strategy,
+        # Some trainable parameters sit out some steps (a layer's extra bases Ũ Ṽ before any gradient reaches
+        # them), so DDP must look for unused ones rather than wait for their gradients forever.
+        "strategy": "ddp_find_unused_parameters_true" if cfg.strategy == "ddp" else cfg.strategy,
+        "num_nodes": cfg.num_nodes,
         "precision": resolve_precision(cfg),
         "enable_progress_bar": cfg.enable_progress_bar,
         "enable_model_summary": False,

@@ -51,21 +51,35 @@ def activation_statistics(
     abs_mean: bool,
     stats_device: torch.device | str = "cpu",
 ) -> dict[str, ActivationStatistics]:
-    """Run `model` over `batches` (dicts with input_ids, attention_mask) and record each layer's inputs."""
+    """Run `model` over `batches` (dicts with input_ids, attention_mask) and record each layer's inputs.
+
+    Layers fed the same tensor (q/k/v_proj, gate/up_proj in a Llama block) share one product per batch: that
+    leaves 4 of a block's 7 Gram matrices to compute."""
     stats = {name: ActivationStatistics() for name in layers}
     current: dict[str, torch.Tensor] = {}
+    # This batch's products per input tensor, keyed by id; the tensor is held so that its id stays unique.
+    shared: dict[int, tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor | None]] = {}
+
+    def products(inputs: torch.Tensor) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        if id(inputs) not in shared:
+            x = inputs[current["mask"]].float()  # (tokens, m): padding excluded
+            shared[id(inputs)] = (
+                inputs,
+                x.shape[0],
+                (x.T @ x).to(stats_device, torch.float64) if gram else None,
+                x.abs().sum(0).to(stats_device, torch.float64) if abs_mean else None,
+            )
+        return shared[id(inputs)][1:]
 
     def recorder(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0][current["mask"]].float()  # (tokens, m): padding excluded
+            tokens, gram_update, abs_update = products(args[0])
             record = stats[name]
-            record.tokens += x.shape[0]
-            if gram:
-                update = (x.T @ x).to(stats_device, torch.float64)
-                record.gram = update if record.gram is None else record.gram + update
-            if abs_mean:
-                update = x.abs().sum(0).to(stats_device, torch.float64)
-                record.abs_sum = update if record.abs_sum is None else record.abs_sum + update
+            record.tokens += tokens
+            if gram_update is not None:
+                record.gram = gram_update if record.gram is None else record.gram + gram_update
+            if abs_update is not None:
+                record.abs_sum = abs_update if record.abs_sum is None else record.abs_sum + abs_update
 
         return hook
 
@@ -75,6 +89,7 @@ def activation_statistics(
             for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False):
                 current["mask"] = batch["attention_mask"].bool()
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                shared.clear()
         finally:
             for handle in handles:
                 handle.remove()

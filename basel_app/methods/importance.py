@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from basel_app.distributed import all_reduce_sum, world_rank, world_size
 from basel_app.lowrank import BaselLinear, basel_layers
 from basel_app.methods.taylor import TaylorStatistics, estimate_taylor_statistics, taylor_score_stderr, taylor_scores
 from basel_app.modes import eval_mode
@@ -119,21 +120,28 @@ def sampled_labels(logits: torch.Tensor, labels: torch.Tensor, generator: torch.
     return drawn
 
 
+def per_batch_generators(generator: torch.Generator, count: int) -> list[torch.Generator]:
+    """One generator per batch, seeded from `generator`: batch i's draws are the same whichever rank does it."""
+    return [torch.Generator().manual_seed(seed) for seed in torch.randint(2**62, (count,), generator=generator).tolist()]
+
+
 class _Moments:
     """Running Σx and Σx² of per-example samples, one tensor per layer, in float64."""
 
-    def __init__(self) -> None:
-        self.sum: list[torch.Tensor] = []
-        self.sum_sq: list[torch.Tensor] = []
+    def __init__(self, shapes: Sequence[torch.Size]) -> None:
+        self.sum = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+        self.sum_sq = [torch.zeros_like(t) for t in self.sum]
 
     def add(self, samples: list[torch.Tensor]) -> None:
         samples = [s.double().cpu() for s in samples]
-        if not self.sum:
-            self.sum = [torch.zeros(s.shape[1:], dtype=torch.float64) for s in samples]
-            self.sum_sq = [torch.zeros_like(t) for t in self.sum]
         for total, sq, s in zip(self.sum, self.sum_sq, samples):
             total += s.sum(0)
             sq += s.square().sum(0)
+
+    def reduce_across_ranks(self) -> None:
+        """Σ over ranks (DDP; a rank that had no batch adds zeros)."""
+        reduced = all_reduce_sum([*self.sum, *self.sum_sq])
+        self.sum, self.sum_sq = reduced[: len(self.sum)], reduced[len(self.sum) :]
 
     def per_token(self, examples: int, tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Σ_n x_n / N and its standard error (the ratio estimate's, N taken as fixed)."""
@@ -152,13 +160,19 @@ def outer_product_statistics(
 ) -> TaylorStatistics:
     """g and the diagonal of Σ_n u_n u_nᵀ / N: the empirical Fisher, or, with a `generator`, GNB's.
 
-    The layers' s̃ are what is differentiated; `batches` carry input_ids, attention_mask and labels.
+    The layers' s̃ are what is differentiated; `batches` carry input_ids, attention_mask and labels. Under
+    DDP batch i is done by rank i mod world_size and the sums are all-reduced; GNB draws batch i's labels
+    from its own generator, seeded from `generator` up front, so the draws do not depend on the split.
     """
     params = [layer.singular_values for layer in layers.values()]
-    grad, curvature = _Moments(), _Moments()
+    grad, curvature = _Moments([p.shape for p in params]), _Moments([p.shape for p in params])
     examples = tokens = 0
+    drawing = None if generator is None else per_batch_generators(generator, len(batches))
+    rank, ranks = world_rank(), world_size()
     with PerExampleGradients(layers) as hooks:
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index % ranks != rank:
+                continue
             inputs = {k: v for k, v in batch.items() if k != "labels"}
             with precision():
                 logits = model(**inputs).logits
@@ -169,14 +183,17 @@ def outer_product_statistics(
             torch.autograd.grad(true_loss.sum(), params, allow_unused=True, retain_graph=generator is not None)
             u = [hooks.grads[name][keep] for name in layers]
             grad.add(u)
-            if generator is not None:
-                drawn = answer_token_losses(logits, sampled_labels(logits, batch["labels"], generator))
+            if drawing is not None:
+                drawn = answer_token_losses(logits, sampled_labels(logits, batch["labels"], drawing[index]))
                 hooks.grads.clear()
                 torch.autograd.grad(drawn.sum(), params, allow_unused=True)
                 u = [hooks.grads[name][keep] for name in layers]
             curvature.add([x * x for x in u])
             examples += int(keep.sum())
             tokens += int(answered.sum())
+    grad.reduce_across_ranks()
+    curvature.reduce_across_ranks()
+    examples, tokens = (int(c) for c in all_reduce_sum([torch.tensor([examples, tokens], dtype=torch.float64)])[0])
     if not examples:
         raise ValueError("no example with answer tokens to estimate the Fisher / GNB statistics on")
     g, g_se = grad.per_token(examples, tokens)

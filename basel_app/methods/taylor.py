@@ -11,6 +11,10 @@ singular values), and H d from a symmetric finite difference of gradients on the
 so one probe costs two gradient evaluations whatever the number of bases and needs no double backward
 (fused attention kernels and FSDP have none). The exact double-backward H d is kept to validate it.
 Perturbations and differences are done in the parameters' own precision, which must be at least float32.
+
+Under DDP the batches are split across ranks (batch i on rank i mod world_size) and the sums are all-reduced:
+the same estimator as one process on all of them (the probes z of batch i are the same draws too), with
+1/world_size of the work per rank.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from basel_app.config.names import HVP_MODES, SCORE_VARIANTS
+from basel_app.distributed import all_reduce_sum, world_rank, world_size
 
 LossFn = Callable[[object], torch.Tensor]
 
@@ -35,10 +40,21 @@ def _require_full_precision(params: Sequence[torch.Tensor]) -> None:
 
 
 def gradient(loss_fn: LossFn, params: Sequence[torch.Tensor], batch: object) -> list[torch.Tensor]:
-    """∇L(batch) w.r.t. `params` (zeros where a parameter does not reach the loss, e.g. pruned bases)."""
+    """∇L(batch) w.r.t. `params`, every one of which must reach the loss (pruned bases get zeros there).
+
+    A parameter the loss does not reach has no gradient at all, not a zero one: taking it as zero would
+    rank every basis of its layer as free to remove. That is what a forward through other tensors than
+    `params` looks like (a sharded copy, a module replaced after the parameters were collected), so it is
+    an error, never a silent zero.
+    """
     loss = loss_fn(batch)
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    missing = [i for i, g in enumerate(grads) if g is None]
+    if missing:
+        raise RuntimeError(f"the loss does not depend on parameters {missing} of {len(grads)} (shapes "
+                           f"{[tuple(params[i].shape) for i in missing]}): the forward does not use these tensors, "
+                           "so their gradient is unknown, not zero")
+    return [g.detach() for g in grads]
 
 
 @torch.no_grad()
@@ -114,13 +130,19 @@ def estimate_taylor_statistics(
     diag_sum = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
     diag_sq = [torch.zeros_like(p, dtype=d) for p, d in zip(params, wide)]
     n_batches = samples = 0
-    for batch in batches:
-        n_batches += 1
-        for total, sq, g in zip(grad_sum, grad_sq, gradient(loss_fn, params, batch)):
-            total += g
-            sq += g.double() * g.double()
+    rank, ranks = world_rank(), world_size()
+    for index, batch in enumerate(batches):
+        mine = index % ranks == rank
+        if mine:
+            n_batches += 1
+            for total, sq, g in zip(grad_sum, grad_sq, gradient(loss_fn, params, batch)):
+                total += g
+                sq += g.double() * g.double()
         for _ in range(probes):
+            # Drawn for every batch on every rank, so batch i gets the same probes however batches are split.
             z = [torch.randint(0, 2, p.shape, generator=generator, device="cpu").to(p) * 2 - 1 for p in params]
+            if not mine:
+                continue
             direction = [e * zi for e, zi in zip(eps, z)]
             hd = product(loss_fn, params, direction, batch)
             for s, sq, zi, h, e in zip(diag_sum, diag_sq, z, hd, eps):
@@ -128,8 +150,16 @@ def estimate_taylor_statistics(
                 s += sample
                 sq += sample * sample
             samples += 1
+    counts = torch.tensor([n_batches, samples], dtype=torch.float64)
+    *sums, counts = all_reduce_sum([*grad_sum, *grad_sq, *diag_sum, *diag_sq, counts])
+    k = len(params)
+    grad_sum, grad_sq, diag_sum, diag_sq = sums[:k], sums[k : 2 * k], sums[2 * k : 3 * k], sums[3 * k :]
+    n_batches, samples = int(counts[0]), int(counts[1])
     if not n_batches:
         raise ValueError("no batches to estimate the Taylor statistics on")
+    if all(not bool(g.any()) for g in grad_sum):
+        raise ValueError("the gradient w.r.t. every parameter is exactly zero on every batch: the scores would "
+                         "rank on nothing (no answer tokens in the batches, or parameters the loss does not reach)")
     mean_grad = [g / n_batches for g in grad_sum]
     mean = [s / samples for s in diag_sum]
     return TaylorStatistics(mean_grad, mean, _stderr(diag_sq, mean, samples), samples,

@@ -5,7 +5,13 @@ model loads with plain `AutoModelForCausalLM.from_pretrained(dir)`, without trus
 """
 
 from basel_app.models.byte_tokenizer import byte_tokenizer
-from basel_app.models.compressed_io import is_compressed_dir, load_compressed, read_metadata, save_compressed
+from basel_app.models.compressed_io import (
+    is_compressed_dir,
+    load_compressed,
+    read_metadata,
+    save_compressed,
+    verify_checksums,
+)
 from basel_app.models.loading import LoadedModel, ModelSourceError, check_model_source, load_config, load_model
 from basel_app.models.lowrank_llama import (
     LowRankLlamaConfig,
@@ -29,4 +35,5 @@ __all__ = [
     "read_metadata",
     "register_with_transformers",
     "save_compressed",
+    "verify_checksums",
 ]

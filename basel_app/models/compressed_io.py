@@ -5,10 +5,12 @@ Layout of a saved model (nothing is pickled):
     <path>/config.json           model_type "basel_lowrank_llama", lowrank_ranks = every factored module's rank
     <path>/model.safetensors     the weights (LowRankLinear as `<name>.down.weight`, `<name>.up.weight/bias`)
     <path>/generation_config.json, tokenizer files
-    <path>/basel_metadata.json   what the caller passed as `metadata` (method, ratios, provenance, ...)
+    <path>/basel_metadata.json   what the caller passed as `metadata` (method, ratios, provenance, ...) and the
+                                 sha256 of every other file, checked on every load
 
 The directory is written under a temporary name next to `path` and renamed into place only once complete,
-so a crash mid-save never leaves something that looks like a finished model.
+so a crash mid-save never leaves something that looks like a finished model. Weights holding a NaN or inf
+are never written; a load refuses a file whose sha256 differs and weights that miss or add a tensor.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from typing import Any
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
+from basel_app.config.errors import CorruptArtifact, NonFiniteError
+from basel_app.files import OLD, PARTIAL, sha256_of
+from basel_app.finite import first_nonfinite
 from basel_app.lowrank.thin import LowRankLinear
 from basel_app.models.lowrank_llama import MODEL_TYPE, LowRankLlamaConfig, LowRankLlamaForCausalLM
 from basel_app.models.rebuild import rebuild_sharing_tensors
@@ -30,7 +35,7 @@ from basel_app.models.rebuild import rebuild_sharing_tensors
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "basel_metadata.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: basel_metadata.json holds each file's sha256
 # Config keys that describe the source model, not the compressed one.
 _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "quantization_config", "transformers_version", "auto_map")
 
@@ -60,20 +65,25 @@ def save_compressed(
         raise FileExistsError(f"{path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
-    # Serialise the metadata first: a non-JSON value should fail before anything is written.
-    metadata_json = json.dumps({"format_version": FORMAT_VERSION, "metadata": metadata or {}}, indent=2)
+    # Check the metadata serialises and the weights are finite before anything is written.
+    json.dumps(metadata or {})
+    nonfinite = first_nonfinite(model.state_dict().items())
+    if nonfinite is not None:
+        raise NonFiniteError(f"refusing to save {path}: tensor {nonfinite} holds NaN or inf (the training diverged)")
 
     ranks = lowrank_ranks(model)
     target = _as_lowrank_llama(model, ranks)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL}", dir=path.parent))
     try:
         target.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / METADATA_FILE).write_text(metadata_json)
         _check_no_pickles(tmp)
+        checksums = {f.name: sha256_of(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / METADATA_FILE).write_text(json.dumps(
+            {"format_version": FORMAT_VERSION, "metadata": metadata or {}, "sha256": checksums}, indent=2))
         _move_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -89,11 +99,18 @@ def load_compressed(
 ) -> tuple[LowRankLlamaForCausalLM, PreTrainedTokenizerBase | None]:
     """Load what `save_compressed` wrote: (model in eval mode, tokenizer or None if none was saved).
 
-    `dtype=None` keeps the dtype the model was saved in.
+    `dtype=None` keeps the dtype the model was saved in. Raises CorruptArtifact, naming the file, when a file
+    fails its sha256 or the weights miss or add a tensor.
     """
     path = Path(path)
+    if path.is_dir():
+        verify_checksums(path)  # first: a damaged config.json is named as such, not parsed
     _check_compressed_dir(path)
-    model = LowRankLlamaForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True)
+    model, info = LowRankLlamaForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True,
+                                                          output_loading_info=True)
+    wrong = {kind: sorted(info[kind]) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info[kind]}
+    if wrong:
+        raise CorruptArtifact(f"{path}: the weights do not match the model config ({wrong}); re-save the model")
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -120,6 +137,22 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found: {path} was not written by save_compressed")
     return json.loads(file.read_text())["metadata"]
+
+
+def verify_checksums(path: str | Path) -> None:
+    """Check every file listed in `path`'s basel_metadata.json against its sha256; CorruptArtifact names the first
+    that differs or is missing. A model saved before checksums (format 1) is loaded unverified, with a warning."""
+    path = Path(path)
+    listed = json.loads((path / METADATA_FILE).read_text()).get("sha256") if (path / METADATA_FILE).is_file() else None
+    if listed is None:
+        logger.warning("%s has no checksums (saved by an older basel_app): loading it unverified", path)
+        return
+    for name, expected in listed.items():
+        file = path / name
+        if not file.is_file():
+            raise CorruptArtifact(f"{file} is missing; the saved model at {path} is incomplete")
+        if sha256_of(file) != expected:
+            raise CorruptArtifact(f"{file} is corrupt: its sha256 differs from the one recorded when it was saved")
 
 
 def _as_lowrank_llama(model: LlamaForCausalLM, ranks: dict[str, int]) -> LowRankLlamaForCausalLM:
@@ -153,7 +186,7 @@ def _move_into_place(tmp: Path, path: Path) -> None:
     """Rename the finished `tmp` to `path`; an existing `path` is moved aside first and deleted after."""
     old = None
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+        old = path.with_name(f".{path.name}{OLD}{tmp.name.rsplit('-', 1)[-1]}")
         path.rename(old)
     try:
         tmp.rename(path)

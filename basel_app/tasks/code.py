@@ -72,7 +72,7 @@ class CodeTask(Task):
     """MBPP: prompt = problem text + its test asserts, response = the reference solution."""
 
     name = "code"
-    fields = {"task_id": int, "text": str, "code": str, "test_list": list, "test_setup_code": str}
+    fields = {"task_id": int, "text": str, "code": str, "test_list": list[str], "test_setup_code": str}
     resource_dir = RESOURCE_DIR
 
     def read_split(self, split: str) -> list[Record]:

@@ -69,7 +69,11 @@ def _split_names(split: str) -> tuple[str, str]:
 def _read_local(data_dir: str | Path, split: str) -> str:
     stem, _ = _split_names(split)
     expected = "; expected WikiText-2's train.txt, valid.txt, test.txt"
-    return local_split_file(data_dir, split, f"{stem}.txt", expected).read_text(encoding="utf-8")
+    path = local_split_file(data_dir, split, f"{stem}.txt", expected)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskDataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
 
 
 def _read_packaged(split: str) -> str:

@@ -18,12 +18,12 @@ import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from basel_app.config.errors import ConfigError
 
 Record = dict[str, Any]
-FieldSpec = Mapping[str, type]
+FieldSpec = Mapping[str, Any]  # name -> a type, or list[T] for a list whose every item is a T
 
 
 class TaskDataError(ConfigError):
@@ -32,6 +32,30 @@ class TaskDataError(ConfigError):
 
 def _describe(fields: FieldSpec) -> str:
     return ", ".join(fields)
+
+
+def _type_name(expected: Any) -> str:
+    return str(expected) if get_origin(expected) else expected.__name__
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    if get_origin(expected) is list:
+        (item,) = get_args(expected)
+        return isinstance(value, list) and all(isinstance(v, item) for v in value)
+    return isinstance(value, expected)
+
+
+def _not_unicode(value: Any) -> bool:
+    """Whether `value` (a string, or a list of them) holds a lone surrogate: JSON can escape one (\\ud800), but it
+    is no Unicode text, and tokenizers fail on it far from the file."""
+    strings = value if isinstance(value, list) else [value]
+    try:
+        for text in strings:
+            if isinstance(text, str):
+                text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def validate_record(record: Any, fields: FieldSpec, where: str) -> Record:
@@ -48,11 +72,17 @@ def validate_record(record: Any, fields: FieldSpec, where: str) -> Record:
             raise TaskDataError(
                 f"{where}: record is missing field {name!r}; required fields: {_describe(fields)}"
             )
-        if not isinstance(record[name], expected):
+        if not _has_type(record[name], expected):
+            got = type(record[name]).__name__
+            if isinstance(record[name], list):
+                got = f"list of {', '.join(sorted({type(v).__name__ for v in record[name]}))}"
             raise TaskDataError(
-                f"{where}: field {name!r} must be {expected.__name__}, got {type(record[name]).__name__}; "
-                f"required fields: {_describe(fields)}"
+                f"{where}: field {name!r} must be {_type_name(expected)}, got {got}; required fields: "
+                f"{_describe(fields)}"
             )
+        if _not_unicode(record[name]):
+            raise TaskDataError(f"{where}: field {name!r} holds a lone surrogate escape (such as \\ud800), which is "
+                                "not Unicode text; fix or drop the record")
     return record
 
 
@@ -62,18 +92,25 @@ def read_jsonl(path: str | Path, fields: FieldSpec) -> list[Record]:
     if not path.is_file():
         raise TaskDataError(f"data file {str(path)!r} does not exist (expected one JSON object per line)")
     records: list[Record] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskDataError(
-                    f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
-                    f"JSON object with fields: {_describe(fields)}"
-                ) from None
-            records.append(validate_record(record, fields, f"{path}:{lineno}"))
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TaskDataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start} of the line); "
+                                "save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskDataError(
+                f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
+                f"JSON object with fields: {_describe(fields)}"
+            ) from None
+        except (ValueError, RecursionError) as exc:  # a number too long to convert, nesting too deep to parse
+            raise TaskDataError(f"{path}:{lineno}: JSON that cannot be read ({type(exc).__name__}: "
+                                f"{(str(exc).splitlines() or [''])[0][:120]})") from None
+        records.append(validate_record(record, fields, f"{path}:{lineno}"))
     if not records:
         raise TaskDataError(f"{path}: holds no records; expected JSON objects with fields: {_describe(fields)}")
     return records

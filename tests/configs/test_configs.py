@@ -141,6 +141,7 @@ def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         (["method=bsi_typo"], "Could not find 'method/bsi_typo'"),
         # scale=cpu budgets by compression_ratio: a keep_ratio sweep would silently train one model N times
         (["method.keep_ratio=0.4"], "method.keep_ratio=0.4 is ignored: method.compression_ratio=1.3 is also set"),
+        (["model=tiny_random", "method.lr=inf"], "method.lr=inf is not allowed; it must be a finite number"),
     ],
 )
 def test_cli_rejects_bad_input_before_any_work(tmp_path, overrides, expected):

@@ -73,3 +73,31 @@ def test_lightning_set_epoch_reaches_the_batch_sampler():
     _set_sampler_epoch(loader, 3)  # what the fit loop calls at each epoch start
     assert sampler.epoch == 3
     assert [b.tolist() for b in loader] == epoch_batches(ResumableBatchSampler(10, 3, seed=1), 3)
+
+
+@pytest.mark.parametrize("num_samples,batch_size,world_size", [(10, 3, 2), (11, 2, 3), (2, 4, 4), (16, 4, 2)])
+def test_ranks_get_equal_disjoint_slices_of_the_same_global_batches(num_samples, batch_size, world_size):
+    ranks = [ResumableBatchSampler(num_samples, batch_size, seed=5, rank=r, world_size=world_size)
+             for r in range(world_size)]
+    per_rank = [epoch_batches(s, 2) for s in ranks]
+    assert len({len(s) for s in ranks}) == 1 and [len(b) for b in per_rank] == [len(ranks[0])] * world_size
+    for step in zip(*per_rank):  # every step: equal-sized parts on every rank
+        assert len({len(part) for part in step}) == 1
+    seen = [i for batches in per_rank for b in batches for i in b]
+    padded = -(-num_samples // world_size) * world_size
+    assert sorted(set(seen)) == list(range(num_samples)) and len(seen) == padded  # repeats: the padding only
+    # One process with the global batch sees the same global batches, rank parts concatenated.
+    single = epoch_batches(ResumableBatchSampler(num_samples, batch_size * world_size, seed=5), 2)
+    joined = [sum(step, []) for step in zip(*per_rank)]
+    assert [set(b) for b in joined][: len(single) - 1] == [set(b) for b in single][:-1]
+    assert set(joined[-1]) >= set(single[-1])  # plus the padding
+
+
+def test_a_rank_resumes_mid_epoch_in_its_own_slice():
+    full = ResumableBatchSampler(20, 2, seed=1, rank=1, world_size=2)
+    resumed = ResumableBatchSampler(20, 2, seed=1, rank=1, world_size=2)
+    resumed.set_epoch(3)
+    resumed.skip_next(2)
+    assert list(resumed) == epoch_batches(full, 3)[2:]
+    with pytest.raises(ValueError, match="rank=2 is not allowed"):
+        ResumableBatchSampler(20, 2, seed=1, rank=2, world_size=2)

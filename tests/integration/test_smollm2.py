@@ -83,14 +83,14 @@ def test_cli_runs_every_phase_on_smollm2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "basel_app", f"hydra.run.dir={tmp_path}", "logger=csv",
          "task.max_train_samples=4", "task.max_eval_samples=4", "method.pruning_times=2",
-         "method.keep_ratio=0.6", "eval.max_new_tokens=16", "trainer.enable_progress_bar=false"],
+         "eval.max_new_tokens=16", "trainer.enable_progress_bar=false"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["compression_ratio"] > 1.0
-    assert metrics["params_compressed"] < metrics["params_original"]
+    assert 1.29 < metrics["compression_ratio"] <= 1.3 + 1e-6  # scale=cpu: the whole model 1.3x, met from below
     assert metrics["base_model"]["gguf_sha256"]
     assert {r["kind"] for r in metrics["ranks"].values()} <= {"lowrank", "dense"}
-    assert len(metrics["ranks"]) == 30 * 3  # scale=cpu targets q/k/o_proj
+    assert len(metrics["ranks"]) == 30 * 7  # scale=cpu targets every linear type of every block
+    assert metrics["config"]["method"]["init"] == "whitened"
     assert str(tmp_path / "compressed_model") in result.stdout + result.stderr

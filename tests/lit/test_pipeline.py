@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import random
+import signal
 import time
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +18,13 @@ from transformers import AutoModelForCausalLM
 
 import basel_app
 from basel_app import pipeline
+from basel_app.cli import run_validated
+from basel_app.config.errors import Preempted
 from basel_app.config.schema import TrainerConfig
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainer import resolve_precision
 from basel_app.lowrank import count_parameters
+from basel_app.models import is_compressed_dir, verify_checksums
 from basel_app.pipeline import run
 
 TINY = [
@@ -105,7 +114,7 @@ def test_resume_mid_pruning_gives_the_same_final_ranks(compose_config, tmp_path,
     out = tmp_path / "interrupted"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_config(compose_config, out, *overrides))
-    assert (out / "checkpoints" / "compress" / "last.ckpt").exists()
+    assert list((out / "checkpoints" / "compress").glob("*.ckpt"))
     assert not (out / "metrics.json").exists()
 
     monkeypatch.undo()
@@ -135,7 +144,7 @@ def test_a_run_killed_between_recomposition_and_saving_resumes_exactly(compose_c
     out = tmp_path / "interrupted"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_config(compose_config, out, *overrides))
-    assert (out / "checkpoints" / "compress" / "last.ckpt").exists()
+    assert list((out / "checkpoints" / "compress").glob("*.ckpt"))
     assert not (out / "checkpoints" / "recomposed").exists()
 
     monkeypatch.setattr(pipeline, "save_compressed", original_save)
@@ -179,7 +188,7 @@ def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compos
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_config(compose_config, out, *overrides))
     assert (out / "checkpoints" / "recomposed" / "config.json").exists()
-    assert (out / "checkpoints" / "post_finetune" / "last.ckpt").exists()
+    assert list((out / "checkpoints" / "post_finetune").glob("*.ckpt"))
 
     monkeypatch.undo()
     reparameterize_calls = []
@@ -190,3 +199,153 @@ def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compos
     assert resumed["eval"]["after"]["answer_loss"] == pytest.approx(reference["eval"]["after"]["answer_loss"], rel=1e-6)
     spectra = [json.loads((d / "spectra.json").read_text()) for d in (tmp_path / "uninterrupted", out)]
     assert spectra[0] == spectra[1]
+
+
+# The kill test: the pipeline in a forked child (imports paid once), killed at chosen points, re-run on the same dir.
+KILL_RUN = ("task.max_train_samples=8", "method.pruning_times=2", "eval.enabled=false",
+            "trainer.checkpoint_every_n_steps=1", "method.post_finetune_lr=3e-4")
+STAGE1_LR, KEEP_STEPS = 1e-3, 2  # 8 samples / batch 4 = 2 steps per epoch; the keep phase is 1 epoch
+
+
+def hook_events(on_event) -> None:
+    """Call `on_event(key)` wherever a kill can land: every training step, recomposition, each save (its start,
+    its files written but not yet renamed into place), each JSON output and each checkpoint's checksum."""
+    from basel_app.lit import checkpoints
+    from basel_app.models import compressed_io
+
+    def wrap(owner, name, key_of):
+        original = getattr(owner, name)
+
+        def hooked(*args, **kwargs):
+            on_event(key_of(*args, **kwargs))
+            return original(*args, **kwargs)
+
+        setattr(owner, name, hooked)
+
+    wrap(CompressionModule, "training_step", lambda self, batch, i: ("step", self.lr, self.trainer.global_step))
+    wrap(pipeline, "recompose_model", lambda *a, **k: ("recompose",))
+    wrap(pipeline, "save_compressed", lambda model, tokenizer, path, *a, **k: ("save", path.name))
+    wrap(compressed_io, "_check_no_pickles", lambda tmp: ("written", tmp.name.split(".partial-")[0]))
+    wrap(pipeline, "atomic_write_json", lambda path, obj: ("json", path.name))
+    wrap(checkpoints, "atomic_write_text", lambda path, text: ("checksum", path.name))
+
+
+def run_in_child(cfg, kill_at: int | None = None, timeline: list | None = None, sig=signal.SIGKILL,
+                 record: Path | None = None) -> int:
+    """Run the CLI's job in a forked child; with `kill_at`, the child sends itself `sig` at the first event at or
+    past that index of `timeline`. Returns its exit status (-9 when SIGKILLed)."""
+    pid = os.fork()
+    if pid:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    code, seen, sent = 1, [], []
+    try:
+        position = {key: i for i, key in enumerate(timeline or [])}
+
+        def on_event(key):
+            seen.append(key)
+            if kill_at is not None and not sent and position.get(key, -1) >= kill_at:
+                sent.append(key)
+                os.kill(os.getpid(), sig)
+
+        hook_events(on_event)
+        try:
+            run_validated(cfg, run)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        if record is not None:
+            record.write_text(json.dumps(seen))
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def phase_of_events(timeline: list[tuple]) -> list[str]:
+    """Each event's phase: keep, prune, recompose (through the boundary save), post_finetune, save."""
+    phases, phase = [], "keep"
+    for key in timeline:
+        if key[0] == "step":
+            phase = ("keep" if key[2] < KEEP_STEPS else "prune") if key[1] == STAGE1_LR else "post_finetune"
+        elif key[0] == "recompose" or key == ("save", "compressed_model"):
+            phase = "recompose" if key[0] == "recompose" else "save"
+        phases.append(phase)
+    return phases
+
+
+def kill_points(timeline: list[tuple], rng: random.Random, per_phase: int = 2) -> list[int]:
+    """`per_phase` random event indices in each of the five phases, in run order."""
+    phases = phase_of_events(timeline)
+    chosen = []
+    for phase in ("keep", "prune", "recompose", "post_finetune", "save"):
+        indices = [i for i, p in enumerate(phases) if p == phase]
+        chosen += rng.sample(indices, min(per_phase, len(indices)))
+    return sorted(chosen)
+
+
+def assert_nothing_looks_complete_that_is_not(out: Path) -> None:
+    assert not (out / "metrics.json").exists()
+    for saved in (out / "compressed_model", out / "checkpoints" / "recomposed"):
+        if saved.exists():  # a saved model is there whole, or not at all
+            assert is_compressed_dir(saved) and (saved / "basel_metadata.json").is_file()
+            verify_checksums(saved)
+
+
+@pytest.mark.parametrize("method", [(), ("method=bsi", "method.compression_ratio=1.8", "method.importance.batches=1",
+                                         "method.importance.probes=2")], ids=["basel", "bsi"])
+def test_killed_and_preempted_runs_end_like_an_uninterrupted_one(compose_config, tmp_path, method):
+    """SIGKILL, then SIGTERM, at 10 random points spread over keep, prune, recompose, post-fine-tuning and the
+    final save, re-running on the same dir after each: every run ends with the uninterrupted run's ranks and
+    logits, and no attempt leaves a model or metrics that look complete when they are not."""
+    overrides = (*KILL_RUN, *method)
+    reference_dir = tmp_path / "uninterrupted"
+    record = tmp_path / "timeline.json"
+    assert run_in_child(compose_config(*TINY, *overrides, output_dir=str(reference_dir)), record=record) == 0
+    timeline = [tuple(key) for key in json.loads(record.read_text())]
+    reference = json.loads((reference_dir / "metrics.json").read_text())
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    reference_logits = basel_app.load_compressed(reference_dir / "compressed_model")[0](ids).logits
+
+    rng = random.Random(f"kill-{method}")
+    for sig, killed_status in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, Preempted.exit_code)):
+        out = tmp_path / sig.name
+        cfg = compose_config(*TINY, *overrides, output_dir=str(out))
+        points = kill_points(timeline, rng)
+        assert {phase_of_events(timeline)[i] for i in points} == {"keep", "prune", "recompose", "post_finetune", "save"}
+        for point in points:
+            assert run_in_child(cfg, point, timeline, sig) == killed_status, (sig.name, timeline[point])
+            assert_nothing_looks_complete_that_is_not(out)
+        assert run_in_child(cfg) == 0
+        resumed = json.loads((out / "metrics.json").read_text())
+        assert resumed["ranks"] == reference["ranks"], sig.name
+        logits = basel_app.load_compressed(out / "compressed_model")[0](ids).logits
+        torch.testing.assert_close(logits, reference_logits, rtol=0, atol=0, msg=sig.name)
+        assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_a_corrupt_stage_boundary_is_named_never_used_and_stage_1_redone(compose_config, tmp_path, monkeypatch, caplog):
+    overrides = ("method.post_finetune_lr=3e-4", "eval.enabled=false")
+    run(tiny_config(compose_config, tmp_path / "uninterrupted", *overrides))
+
+    crash_in_training_step(monkeypatch, at_step=0, lr=3e-4)  # after the boundary is saved, before stage 2 saves
+    out = tmp_path / "interrupted"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny_config(compose_config, out, *overrides))
+    weights = out / "checkpoints" / "recomposed" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40  # a high bit of the last weight: used, it would change the logits
+    weights.write_bytes(bytes(data))
+
+    monkeypatch.undo()
+    reparameterize_calls = []
+    original_reparameterize = pipeline.reparameterize
+    monkeypatch.setattr(pipeline, "reparameterize", lambda *a, **k: (reparameterize_calls.append(1),
+                                                                    original_reparameterize(*a, **k))[1])
+    with caplog.at_level(logging.ERROR):
+        run(tiny_config(compose_config, out, *overrides))
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(f"{weights} is corrupt" in m for m in errors)
+    assert reparameterize_calls == [1]  # stage 1 ran again instead of loading the damaged boundary
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    logits = [basel_app.load_compressed(d / "compressed_model")[0](ids).logits for d in (tmp_path / "uninterrupted", out)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)

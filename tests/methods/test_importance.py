@@ -17,6 +17,7 @@ from basel_app.methods.importance import (
     TaylorImportance,
     answer_token_losses,
     outer_product_statistics,
+    per_batch_generators,
     sampled_labels,
 )
 from basel_app.methods.taylor import TaylorStatistics, taylor_scores
@@ -107,7 +108,8 @@ def test_gnb_draws_answer_labels_reproducibly_and_differentiates_them():
     model = pruned_llama(seed=3, **SMALL)
     batch = task_batch(4)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    draw = [sampled_labels(logits, batch["labels"], torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    draw = [sampled_labels(logits, batch["labels"], per_batch_generators(torch.Generator().manual_seed(s), 1)[0])
+            for s in (7, 7, 8)]
     assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])
     answer = batch["labels"] != IGNORE_INDEX
     assert torch.equal(draw[0][~answer], batch["labels"][~answer])  # prompt, padding and the first token kept

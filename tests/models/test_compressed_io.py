@@ -11,10 +11,14 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from basel_app.config.errors import CorruptArtifact, NonFiniteError
+from basel_app.files import sha256_of
 from basel_app.lowrank.thin import LowRankLinear
 from basel_app.models import LowRankLlamaForCausalLM, load_compressed, read_metadata, save_compressed
+from basel_app.models.compressed_io import METADATA_FILE
 from basel_app.models.lowrank_llama import MODEL_TYPE
 
 from .tiny_models import RANKS, factor, make_llama
@@ -131,3 +135,40 @@ def test_unsupported_modules_are_refused(tmp_path, lowrank_model, tokenizer):
     with pytest.raises(ValueError, match="recompose first"):
         save_compressed(lowrank_model, tokenizer, tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def flip_one_byte(file, offset: int = -100) -> None:
+    data = bytearray(file.read_bytes())
+    data[offset] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_a_flipped_byte_in_any_saved_file_is_named_and_the_model_refused(tmp_path, lowrank_model, tokenizer, name):
+    path = save_compressed(lowrank_model, tokenizer, tmp_path / "compressed")
+    flip_one_byte(path / name, offset=-2)
+    with pytest.raises(CorruptArtifact, match=f"{path / name} is corrupt") as caught:
+        load_compressed(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_tensor_missing_from_the_weights_is_an_error_not_a_random_init(tmp_path, lowrank_model, tokenizer):
+    path = save_compressed(lowrank_model, tokenizer, tmp_path / "compressed")
+    weights = load_file(path / "model.safetensors")
+    dropped = sorted(weights)[0]
+    del weights[dropped]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    metadata = json.loads((path / METADATA_FILE).read_text())  # a consistent checksum: only the keys are wrong
+    metadata["sha256"]["model.safetensors"] = sha256_of(path / "model.safetensors")
+    (path / METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(CorruptArtifact, match=f"missing_keys.*{dropped}"):
+        load_compressed(path)
+
+
+def test_weights_holding_nan_are_never_saved(tmp_path, lowrank_model, tokenizer):
+    name, tensor = next((n, t) for n, t in lowrank_model.named_parameters() if "layers.1" in n)
+    with torch.no_grad():
+        tensor.view(-1)[0] = float("nan")
+    with pytest.raises(NonFiniteError, match=f"tensor {name} holds NaN"):
+        save_compressed(lowrank_model, tokenizer, tmp_path / "compressed")
+    assert not list(tmp_path.iterdir())  # not even a partial directory
