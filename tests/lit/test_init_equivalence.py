@@ -53,7 +53,8 @@ def basel_at_step_zero(model, init: str, budget, batches):
     reparameterize(model, targets_of(model), additional_dim=0, factorizations=factors)
     scheduler = PruneScheduler(budget, MagnitudeScorer(), pruning_times=1, start_step=0, phase_steps=1, every=1,
                                start_weights=full_rank_weights(model))
-    scheduler.on_train_batch_end(SimpleNamespace(global_step=1), SimpleNamespace(model=model, log_dict=lambda *a, **k: None))
+    trainer = SimpleNamespace(global_step=1, global_rank=0)
+    scheduler.on_train_batch_end(trainer, SimpleNamespace(model=model, log_dict=lambda *a, **k: None))
     masks = {name: layer.keep_mask.clone() for name, layer in basel_layers(model).items()}
     recompose_model(model)
     return masks
