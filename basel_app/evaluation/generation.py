@@ -13,7 +13,13 @@ position 0, exactly as unpadded). Pad = the tokenizer's pad token, or eos when i
 *because* of the mask (pad = eos without a mask halved GSM8K scores in other tools).
 
 Decoding is ``model.generate(do_sample=False, num_beams=1)`` with the KV cache: it owns the
-version-specific cache and position plumbing (transformers renames those arguments between releases). One
+version-specific cache and position plumbing (transformers renames those arguments between releases). The
+cache is *static* by default: preallocated once per batch for prompt + ``max_new_tokens`` positions and
+written in place, where the dynamic cache grows by a ``torch.cat`` of every layer's keys and values at every
+step (copying the whole cache each token). The masked, unused slots add exact zeros to attention, so in
+float32 the tokens are those of the dynamic cache (tests/evaluation/test_generation.py; docs/BENCHMARKS.md,
+"Generation", for SmolLM2). Precision is the caller's: evaluation wraps generation in the trainer's forward
+context, i.e. bf16 autocast under bf16-mixed, whose weight casts autocast caches for the whole call. One
 thing is pinned by hand: ``generate`` fills every option we leave unset from the checkpoint's
 ``generation_config.json`` (repetition penalty, ``min_new_tokens``, suppressed tokens, ...), which would
 silently turn "greedy" into something checkpoint-specific. During the call the model's generation config is
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 # Special tokens that end an assistant turn in common Llama-family chat formats; used as stop tokens when
 # the tokenizer has them (as single special tokens), in addition to eos and the checkpoint's eos ids.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "</s>")
+# KV caches `generate_greedy` can decode with (transformers' `cache_implementation` names).
+CACHES = ("static", "dynamic")
 
 
 def default_stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
@@ -111,6 +119,7 @@ def generate_greedy(
     stop_strings: Sequence[str] = (),
     stop_token_ids: Sequence[int] | None = None,
     *,
+    cache: str = "static",
     show_progress: bool = True,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (token ids, e.g. ``Task.prompt_ids``), one string per prompt, in order.
@@ -118,12 +127,15 @@ def generate_greedy(
     Each text is the decoded new tokens only (special tokens skipped), ending before the first stop token
     (``stop_token_ids``, default :func:`default_stop_token_ids`) and cut before the first stop string; at
     most ``max_new_tokens`` tokens. The text is not stripped. ``batch_size`` prompts are decoded together,
-    left-padded; results can depend on it (module docstring), so callers record it.
+    left-padded; results can depend on it (module docstring), so callers record it. ``cache`` is one of
+    :data:`CACHES`; ``dynamic`` is the path before the static cache, kept for comparing the two.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} is not allowed; it must be >= 1")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} is not allowed; it must be >= 1")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r} is not allowed; it must be one of {', '.join(CACHES)}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (use Task.prompt_ids to build them)")
     if not prompts:
@@ -140,6 +152,7 @@ def generate_greedy(
         eos_token_id=stop_ids,
         pad_token_id=pad_id,
         use_cache=True,
+        cache_implementation=cache,
     )
 
     checkpoint_config = getattr(model, "generation_config", None)
