@@ -13,13 +13,12 @@ The bound each estimate is held to is (its gradient evaluations + 1) × 1.1 trai
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from basel_app.bench.measure import alternate, table
+from basel_app.bench.measure import alternate, autocast, table
 from basel_app.bench.models import load
 from basel_app.bench.training_step import Stepper
 from basel_app.config.names import BLOCK_LINEARS, HESSIAN_ESTIMATORS
@@ -54,8 +53,8 @@ def run(settings: BsiOverheadSettings) -> dict[str, Any]:
         batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
     stepper = Stepper(model, reparameterized_parameters(model), batches[0], precision)
 
-    def context() -> contextlib.AbstractContextManager:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    def context() -> torch.autocast:
+        return autocast(precision == "bf16-mixed")
 
     estimators = {name: TaylorImportance(name, probes=settings.probes) for name in HESSIAN_ESTIMATORS}
     variants = {"train_step": stepper.step}

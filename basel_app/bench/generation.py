@@ -16,13 +16,10 @@ it on a random model); bf16 rounds the logits, so a near-tie may flip and the te
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from basel_app.bench.measure import alternate, table
+from basel_app.bench.measure import alternate, autocast, table
 from basel_app.bench.models import load
 from basel_app.evaluation.generation import generate_greedy
 
@@ -34,10 +31,6 @@ class GenerationSettings:
     new_tokens: int = 64
     repeats: int = 3
     warmup: int = 1
-
-
-def _precision(name: str) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
 
 
 def gsm8k_prompts(tokenizer: Any, count: int) -> list[list[int]]:
@@ -55,7 +48,7 @@ def run(settings: GenerationSettings) -> dict[str, Any]:
 
     def variant(cache: str, precision: str):
         def generate() -> list[str]:
-            with _precision(precision):
+            with autocast(precision == "bf16"):
                 return generate_greedy(model, tokenizer, prompts, settings.new_tokens, settings.batch,
                                        stop_token_ids=never, cache=cache, show_progress=False)
         return generate

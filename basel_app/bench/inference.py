@@ -16,21 +16,20 @@ above what was resident before it (KV cache, activations, autocast's bf16 weight
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from basel_app.bench.measure import alternate, table
+from basel_app.bench.measure import alternate, autocast, table
 from basel_app.bench.models import load
 from basel_app.config.names import BLOCK_LINEARS
 from basel_app.config.schema import MethodConfig, TrainerConfig
 from basel_app.evaluation.generation import generate_greedy
 from basel_app.lit.trainer import resolve_precision
 from basel_app.lowrank import count_parameters, find_target_linears, state_bytes
-from basel_app.methods.budget import fixed_parameters, resolve_budget
 from basel_app.lowrank.factorizations import svd_factorization
+from basel_app.methods.budget import fixed_parameters, resolve_budget
 from basel_app.methods.one_shot import truncate_layers
 
 
@@ -69,7 +68,7 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
 
     def generate(model: torch.nn.Module, new_tokens: int):
         def call() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            with autocast(precision == "bf16-mixed"):
                 generate_greedy(model, tokenizer, prompts, new_tokens, settings.batch, stop_token_ids=never,
                                 show_progress=False)
         return call

@@ -138,3 +138,8 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def autocast(bf16: bool) -> torch.autocast:
+    """The forward context of a `bf16-mixed` run (CPU bf16 autocast) when `bf16`, else a disabled one."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)

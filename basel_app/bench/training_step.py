@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from basel_app.bench.measure import alternate, table
+from basel_app.bench.measure import alternate, autocast, table
 from basel_app.bench.models import load
 from basel_app.config.names import BLOCK_LINEARS
 from basel_app.config.schema import TrainerConfig
@@ -82,11 +82,11 @@ class Stepper:
         self.model, self.batch, self.path = model, batch, path
         self.params = set_trainable(model, params)
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
-        self.autocast = precision == "bf16-mixed"
+        self.bf16 = precision == "bf16-mixed"
 
     def _loss(self) -> torch.Tensor:
         paths = forced_path(self.model, self.path) if self.path else contextlib.nullcontext()
-        with paths, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+        with paths, autocast(self.bf16):
             return self.model(**self.batch).loss
 
     def step(self) -> None:
