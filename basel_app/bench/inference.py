@@ -16,6 +16,7 @@ above what was resident before it (KV cache, activations, autocast's bf16 weight
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,23 +45,25 @@ class InferenceSettings:
     warmup: int = 1
 
 
-def svd_compressed(model: torch.nn.Module, ratio: float) -> torch.nn.Module:
-    """`model` with every block linear replaced by its SVD truncated to a whole-model `ratio` (in place)."""
+def svd_compressed(model: torch.nn.Module, ratio: float, factors: dict[str, Any]) -> torch.nn.Module:
+    """A copy of `model` with every block linear replaced by its SVD (`factors`, by name) truncated to a
+    whole-model `ratio` under the run's budget rule."""
+    model = copy.deepcopy(model)
     targets = find_target_linears(model, list(BLOCK_LINEARS))
     budget = resolve_budget(MethodConfig(name="svd", compression_ratio=ratio), count_parameters(model),
                             fixed_parameters(model, targets), targets, extra=0)
-    truncate_layers(model, targets, {name: svd_factorization(layer.weight) for name, layer in targets.items()}, budget)
+    truncate_layers(model, targets, factors, budget)
     return model
 
 
 def run(settings: InferenceSettings) -> dict[str, Any]:
     precision = resolve_precision(TrainerConfig())
-    models = {"dense": load(settings.model)}
-    tokenizer = models["dense"][1]
+    dense, tokenizer = load(settings.model)
+    targets = find_target_linears(dense, list(BLOCK_LINEARS))
+    factors = {name: svd_factorization(layer.weight) for name, layer in targets.items()}  # once, for every ratio
+    models = {"dense": dense}
     for ratio in (float(r) for r in settings.ratios.split(",")):
-        model, _ = load(settings.model)
-        models[f"svd {ratio:g}x"] = (svd_compressed(model, ratio), tokenizer)
-    dense = models["dense"][0]
+        models[f"svd {ratio:g}x"] = svd_compressed(dense, ratio, factors)
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, dense.config.vocab_size, (settings.batch, settings.prompt_tokens),
                             generator=generator).tolist()
@@ -74,12 +77,12 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
         return call
 
     variants = {}
-    for name, (model, _) in models.items():
+    for name, model in models.items():
         variants[name + "/prefill"] = generate(model, 1)
         variants[name + "/generate"] = generate(model, settings.new_tokens + 1)
     measured = alternate(variants, settings.repeats, settings.warmup)
     rows = {}
-    for name, (model, _) in models.items():
+    for name, model in models.items():
         prefill, whole = measured[name + "/prefill"], measured[name + "/generate"]
         t1, tn = prefill["seconds"]["median"], whole["seconds"]["median"]
         rows[name] = {
