@@ -12,6 +12,11 @@ precision (bf16 autocast where the CPU has bf16):
 
 Memory: the model's state (parameters and buffers, bytes counted) and the peak of a whole generate call
 above what was resident before it (KV cache, activations, autocast's bf16 weight copies).
+
+What bounds decoding: one extra untimed generate call per model under `torch.profiler` gives the share of
+CPU time spent inside matrix-product kernels (`GEMM_OPS`) and the number of them per decoded token. A low
+share means the step is bound by per-operator overhead (Python, dispatch, autocast), not by FLOPs or
+memory bandwidth, and then more, thinner GEMMs cost time even though they move fewer bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +37,22 @@ from basel_app.lowrank import count_parameters, find_target_linears, state_bytes
 from basel_app.lowrank.factorizations import svd_factorization
 from basel_app.methods.budget import fixed_parameters, resolve_budget
 from basel_app.methods.one_shot import truncate_layers
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul_out")  # the kernels doing the products
+
+
+def gemm_profile(call: Any, tokens: int) -> dict[str, float]:
+    """Share of CPU time inside matrix-product kernels during `call()`, and their count per token."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    gemm = [e for e in events if e.key in GEMM_OPS]
+    return {"gemm_time_share": sum(e.self_cpu_time_total for e in gemm) / total,
+            "gemm_calls_per_token": sum(e.count for e in gemm) / tokens}
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
             # None when the difference drowns in noise (too few new tokens for the machine's jitter)
             "decode_tokens_per_s": settings.batch * settings.new_tokens / (tn - t1) if tn > t1 else None,
             "peak_bytes": whole["peak_bytes"],
+            **gemm_profile(variants[name + "/generate"], settings.new_tokens + 1),
         }
     dense_decode = rows["dense"]["decode_tokens_per_s"]
     for row in rows.values():
@@ -105,10 +127,11 @@ def render(result: dict[str, Any]) -> str:
     rows = [[name, v["parameters"], v["state_bytes"] / 2**20, v["prefill_tokens_per_s"],
              f"{v['prefill_vs_dense']:.2f}x", v["decode_tokens_per_s"] or "n/a",
              f"{v['decode_vs_dense']:.2f}x" if v["decode_vs_dense"] else "n/a",
-             v["peak_bytes"] / 2**20, (v["state_bytes"] + v["peak_bytes"]) / 2**20]
+             v["peak_bytes"] / 2**20, (v["state_bytes"] + v["peak_bytes"]) / 2**20,
+             f"{v['gemm_time_share']:.0%}", v["gemm_calls_per_token"]]
             for name, v in result["models"].items()]
     s = result["settings"]
     header = ["model", "parameters", "weights MB", "prefill tok/s", "prefill / dense", "decode tok/s",
-              "decode / dense", "run peak MB", "weights + peak MB"]
+              "decode / dense", "run peak MB", "weights + peak MB", "GEMM time", "GEMMs / token"]
     return (f"inference: {s['model']}, batch {s['batch']}, prompt {s['prompt_tokens']}, {s['new_tokens']} new tokens, "
             f"{result['precision']}\n\n" + table(header, rows))

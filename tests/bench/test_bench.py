@@ -84,4 +84,7 @@ def test_inference_compressed_models_have_the_asked_size(tmp_path):
     assert models["dense"]["parameters"] / models["svd 2x"]["parameters"] == pytest.approx(2.0, rel=0.02)
     assert models["svd 2x"]["state_bytes"] < models["dense"]["state_bytes"]
     assert models["dense"]["prefill_tokens_per_s"] > 0
+    assert 0 < models["dense"]["gemm_time_share"] < 1
+    # every block linear becomes two thin products: about twice the GEMMs per token (lm_head stays one)
+    assert models["svd 2x"]["gemm_calls_per_token"] > 1.5 * models["dense"]["gemm_calls_per_token"]
     assert models["dense"]["decode_tokens_per_s"] is None or models["dense"]["decode_tokens_per_s"] > 0
