@@ -16,9 +16,9 @@ Decoding is ``model.generate(do_sample=False, num_beams=1)`` with the KV cache: 
 version-specific cache and position plumbing (transformers renames those arguments between releases). The
 cache is *static* by default: preallocated once per batch for prompt + ``max_new_tokens`` positions and
 written in place, where the dynamic cache grows by a ``torch.cat`` of every layer's keys and values at every
-step (copying the whole cache each token). The masked, unused slots add exact zeros to attention, so in
-float32 the tokens are those of the dynamic cache (tests/evaluation/test_generation.py; docs/BENCHMARKS.md,
-"Generation", for SmolLM2). Precision is the caller's: evaluation wraps generation in the trainer's forward
+step (copying the whole cache each token). The unused slots are masked out of attention; in float32 the
+tokens were the dynamic cache's in every comparison (tests/evaluation/test_generation.py on a random Llama;
+docs/BENCHMARKS.md, "Costs", on SmolLM2), where its speed gain was measured small. Precision is the caller's: evaluation wraps generation in the trainer's forward
 context, i.e. bf16 autocast under bf16-mixed, whose weight casts autocast caches for the whole call. One
 thing is pinned by hand: ``generate`` fills every option we leave unset from the checkpoint's
 ``generation_config.json`` (repetition penalty, ``min_new_tokens``, suppressed tokens, ...), which would
