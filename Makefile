@@ -1,5 +1,6 @@
 # make run   install, then compress the embedded default (SmolLM2-135M, math, CPU-sized) — ARGS=... adds overrides
 # make test  install, then run the whole test suite (what CI runs)
+# make bench install, then every `python -m basel_app.bench` sub-benchmark on SmolLM2 (BENCH_ARGS=... adds settings)
 # Both are idempotent: the venv is rebuilt only when pyproject.toml changes.
 
 VENV ?= .venv
@@ -8,8 +9,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install run test clean
+.PHONY: install run test bench clean
 
 install: $(STAMP)
 
@@ -30,6 +32,9 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m basel_app.bench all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -13,7 +13,14 @@ position 0, exactly as unpadded). Pad = the tokenizer's pad token, or eos when i
 *because* of the mask (pad = eos without a mask halved GSM8K scores in other tools).
 
 Decoding is ``model.generate(do_sample=False, num_beams=1)`` with the KV cache: it owns the
-version-specific cache and position plumbing (transformers renames those arguments between releases). One
+version-specific cache and position plumbing (transformers renames those arguments between releases). The
+cache is *dynamic* by default; ``cache="static"`` preallocates it once per batch for prompt +
+``max_new_tokens`` positions and writes in place, where the dynamic cache grows by a ``torch.cat`` of every
+layer's keys and values at every step. The static cache's unused slots are masked out of attention; in
+float32 its tokens were the dynamic cache's in every comparison (tests/evaluation/test_generation.py on a
+random Llama; docs/BENCHMARKS.md, "Costs", on SmolLM2), but it paid only in float32 at 256 new tokens
+(1.19x) and was slower under bf16 autocast, this CPU's default. Precision is the caller's: evaluation wraps generation in the trainer's forward
+context, i.e. bf16 autocast under bf16-mixed, whose weight casts autocast caches for the whole call. One
 thing is pinned by hand: ``generate`` fills every option we leave unset from the checkpoint's
 ``generation_config.json`` (repetition penalty, ``min_new_tokens``, suppressed tokens, ...), which would
 silently turn "greedy" into something checkpoint-specific. During the call the model's generation config is
@@ -44,6 +51,8 @@ log = logging.getLogger(__name__)
 # Special tokens that end an assistant turn in common Llama-family chat formats; used as stop tokens when
 # the tokenizer has them (as single special tokens), in addition to eos and the checkpoint's eos ids.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "</s>")
+# KV caches `generate_greedy` can decode with (transformers' `cache_implementation` names).
+CACHES = ("static", "dynamic")
 
 
 def default_stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
@@ -111,6 +120,7 @@ def generate_greedy(
     stop_strings: Sequence[str] = (),
     stop_token_ids: Sequence[int] | None = None,
     *,
+    cache: str = "dynamic",
     show_progress: bool = True,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (token ids, e.g. ``Task.prompt_ids``), one string per prompt, in order.
@@ -118,12 +128,15 @@ def generate_greedy(
     Each text is the decoded new tokens only (special tokens skipped), ending before the first stop token
     (``stop_token_ids``, default :func:`default_stop_token_ids`) and cut before the first stop string; at
     most ``max_new_tokens`` tokens. The text is not stripped. ``batch_size`` prompts are decoded together,
-    left-padded; results can depend on it (module docstring), so callers record it.
+    left-padded; results can depend on it (module docstring), so callers record it. ``cache`` is one of
+    :data:`CACHES`: ``dynamic`` (measured faster under bf16 autocast here) or ``static``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} is not allowed; it must be >= 1")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} is not allowed; it must be >= 1")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r} is not allowed; it must be one of {', '.join(CACHES)}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (use Task.prompt_ids to build them)")
     if not prompts:
@@ -140,6 +153,7 @@ def generate_greedy(
         eos_token_id=stop_ids,
         pad_token_id=pad_id,
         use_cache=True,
+        cache_implementation=cache,
     )
 
     checkpoint_config = getattr(model, "generation_config", None)

@@ -90,6 +90,19 @@ def test_batched_left_padded_equals_one_by_one_unpadded(model, tokenizer):
     ]
 
 
+def test_static_cache_gives_the_dynamic_cache_tokens_in_float32(model, tokenizer):
+    """The static cache (the default) against the dynamic one that decoding used before it: same text,
+    every row padded but one, every row decoding all its tokens (no stops), batch sizes 4 and 3."""
+    prompts = prompts_of(tokenizer, TEXTS)
+    no_stop = [tokenizer.pad_token_id]
+    for batch_size in (4, 3):
+        static = generate_greedy(model, tokenizer, prompts, 2 * MAX_NEW, batch_size, stop_token_ids=no_stop)
+        dynamic = generate_greedy(model, tokenizer, prompts, 2 * MAX_NEW, batch_size, stop_token_ids=no_stop,
+                                  cache="dynamic")
+        assert static == dynamic
+        assert len(set(static)) == len(static)  # the prompts lead to different texts
+
+
 def test_order_is_preserved_across_batches(model, tokenizer):
     prompts = prompts_of(tokenizer, TEXTS)
     singles = generate_greedy(model, tokenizer, prompts, 8, batch_size=1)
@@ -152,6 +165,8 @@ def test_rejects_bad_arguments(model, tokenizer):
         generate_greedy(model, tokenizer, [[1]], 4, batch_size=0)
     with pytest.raises(ValueError, match="at least one token"):
         generate_greedy(model, tokenizer, [[]], 4, batch_size=1)
+    with pytest.raises(ValueError, match="cache='paged'"):
+        generate_greedy(model, tokenizer, [[1]], 4, batch_size=1, cache="paged")
     assert generate_greedy(model, tokenizer, [], 4, batch_size=2) == []
 
 
