@@ -91,14 +91,14 @@ def test_batched_left_padded_equals_one_by_one_unpadded(model, tokenizer):
 
 
 def test_static_cache_gives_the_dynamic_cache_tokens_in_float32(model, tokenizer):
-    """The static cache (the default) against the dynamic one that decoding used before it: same text,
-    every row padded but one, every row decoding all its tokens (no stops), batch sizes 4 and 3."""
+    """The static cache against the dynamic one (the default): same text, every row padded but one, every
+    row decoding all its tokens (no stops), batch sizes 4 and 3."""
     prompts = prompts_of(tokenizer, TEXTS)
     no_stop = [tokenizer.pad_token_id]
     for batch_size in (4, 3):
-        static = generate_greedy(model, tokenizer, prompts, 2 * MAX_NEW, batch_size, stop_token_ids=no_stop)
-        dynamic = generate_greedy(model, tokenizer, prompts, 2 * MAX_NEW, batch_size, stop_token_ids=no_stop,
-                                  cache="dynamic")
+        static = generate_greedy(model, tokenizer, prompts, 2 * MAX_NEW, batch_size, stop_token_ids=no_stop,
+                                 cache="static")
+        dynamic = generate_greedy(model, tokenizer, prompts, 2 * MAX_NEW, batch_size, stop_token_ids=no_stop)
         assert static == dynamic
         assert len(set(static)) == len(static)  # the prompts lead to different texts
 
