@@ -61,7 +61,9 @@ def wandb_mode(configured: str) -> str:
 
 def build_logger(cfg: LoggerConfig, output_dir: Path, run_name: str) -> Logger:
     if cfg.name == "csv":
-        return CSVLogger(save_dir=output_dir, name="csv", version="")
+        # One dir per attempt: a resumed run would otherwise overwrite the first attempt's metric history.
+        attempt = len(list((output_dir / "csv").glob("attempt_*")))
+        return CSVLogger(save_dir=output_dir, name="csv", version=f"attempt_{attempt}")
     mode = wandb_mode(cfg.mode)
     log.info("W&B logging %s into %s", mode, output_dir / "wandb")
     return WandbLogger(project=cfg.project, name=run_name, save_dir=str(output_dir), mode=mode)

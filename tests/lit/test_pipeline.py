@@ -155,6 +155,10 @@ def test_a_run_killed_between_recomposition_and_saving_resumes_exactly(compose_c
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
     spectra = [json.loads((d / "spectra.json").read_text()) for d in (tmp_path / "uninterrupted", out)]
     assert spectra[0] == spectra[1]
+    # Each attempt logs to its own CSV: the interrupted attempt's history (stage 1) is kept, not overwritten.
+    histories = {p.parent.name: p.read_text() for p in (out / "csv").glob("*/metrics.csv")}
+    assert sorted(histories) == ["attempt_0", "attempt_1"]
+    assert "prune/events" in histories["attempt_0"]
     kept = [json.loads((d / pipeline.KEPT_BASES_FILE).read_text()) for d in (tmp_path / "uninterrupted", out)]
     assert kept[0] == kept[1]
 
@@ -199,6 +203,10 @@ def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compos
     assert resumed["eval"]["after"]["answer_loss"] == pytest.approx(reference["eval"]["after"]["answer_loss"], rel=1e-6)
     spectra = [json.loads((d / "spectra.json").read_text()) for d in (tmp_path / "uninterrupted", out)]
     assert spectra[0] == spectra[1]
+    # Each attempt logs to its own CSV: the interrupted attempt's history (stage 1) is kept, not overwritten.
+    histories = {p.parent.name: p.read_text() for p in (out / "csv").glob("*/metrics.csv")}
+    assert sorted(histories) == ["attempt_0", "attempt_1"]
+    assert "prune/events" in histories["attempt_0"]
 
 
 # The kill test: the pipeline in a forked child (imports paid once), killed at chosen points, re-run on the same dir.
