@@ -245,6 +245,7 @@ def _run(
             "network": network,
             "backend": chosen,
             "bwrap": bwrap_path(),
+            "interpreter": os.path.realpath(sys.executable),
         }
         env = {"PATH": sandbox_launcher.PATH, "LANG": "C.UTF-8"}
         with _private_file(base / "stdout") as out, _private_file(base / "stderr") as err:

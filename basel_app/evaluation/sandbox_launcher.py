@@ -441,6 +441,18 @@ def _apply_limits(limits: dict[str, Any]) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
+def _interpreter(config: dict[str, Any]) -> str:
+    """The interpreter the sample runs: the one behind the caller's venv link (resolved by the parent, before
+    any mount), since a venv under /tmp (a fresh clone there) is covered by the sample's private tmpfs. The
+    harness and the programs need only the standard library."""
+    exe = config["interpreter"]
+    for private in PRIVATE_DIRS.values():
+        if exe.startswith(private + "/"):
+            raise RuntimeError(f"the interpreter {exe} lies under {private}, which every sample gets a fresh tmpfs "
+                               "over; run basel_app with a Python installed elsewhere")
+    return exe
+
+
 def _bwrap_argv(bwrap: str, uid: int, filter_fd: int) -> list[str]:
     """bwrap's namespaces on top of the launcher's mounts (which ``--ro-bind / /`` carries in, read-only)."""
     argv = [bwrap, "--unshare-user", "--uid", str(uid), "--gid", str(uid), "--disable-userns",
@@ -468,7 +480,7 @@ def _exec_program(config: dict[str, Any], work: str, nonce_fd: int, cgroup: Cgro
                 raise PermissionError("privilege drop did not take")
         _prctl(_PR_SET_NO_NEW_PRIVS, 1)
         os.set_inheritable(nonce_fd, True)
-        program = [sys.executable, "-I", "-c", HARNESS, str(nonce_fd)]
+        program = [_interpreter(config), "-I", "-c", HARNESS, str(nonce_fd)]
         env = {"PATH": PATH, "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"}
         bpf = seccomp_filter()
         if config["backend"] == "bwrap":
@@ -479,7 +491,7 @@ def _exec_program(config: dict[str, Any], work: str, nonce_fd: int, cgroup: Cgro
             os.execve(config["bwrap"], [*_bwrap_argv(config["bwrap"], uid, read_fd), *program], env)
         if bpf is not None:
             _install_seccomp(bpf)
-        os.execve(sys.executable, program, env)
+        os.execve(program[0], program, env)
     except BaseException as exc:  # noqa: BLE001 - report anything, then leave without running Python cleanup
         os.write(error_fd, f"{type(exc).__name__}: {exc}".encode()[:4000])
     finally:
