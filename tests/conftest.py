@@ -15,6 +15,16 @@ CONF = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_home(tmp_path_factory):
+    """Runs a test starts as subprocesses (the command lines) cache their decompositions under a temporary
+    XDG_CACHE_HOME, never in the user's ~/.cache (SmolLM2's entries take gigabytes)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def compose_config(tmp_path_factory):
     """compose_config(*overrides) -> the composed DictConfig, as `python -m basel_app` would see it, with a
