@@ -199,8 +199,9 @@ def log_to_wandb(logger: dict[str, Any], root: Path, columns: list[str], values:
     """The table and the figure as one W&B run in the runs' project, beside them (offline unless logged in)."""
     import wandb
 
+    # create_new: a run still open in this process (a pipeline's, in the same interpreter) must not be reused.
     run = wandb.init(project=logger["project"], name=f"report-{root.name}", dir=str(root), job_type="report",
-                     mode=wandb_mode(logger.get("mode", "auto")))
+                     mode=wandb_mode(logger.get("mode", "auto")), reinit="create_new")
     run.log({"results": wandb.Table(columns=columns, data=values), "quality_vs_size": wandb.Image(str(figure))})
     run.finish()
 

@@ -169,6 +169,7 @@ def test_a_damaged_manifest_is_detected_and_recomputed(tmp_path, monkeypatch, ca
 
 def race(cache: Path, computed: Path, start, results) -> None:
     """One job of a sweep: fetch the shared key, whose computation takes a while."""
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool (it crashes or hangs)
 
     def compute():
         with computed.open("a") as f:

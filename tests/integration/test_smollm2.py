@@ -88,7 +88,7 @@ def test_cli_runs_every_phase_on_smollm2(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert 1.29 < metrics["compression_ratio"] <= 1.3 + 1e-6  # scale=cpu: the whole model 1.3x, met from below
+    assert 1.3 <= metrics["compression_ratio"] < 1.3 * 1.01  # scale=cpu: the whole model 1.3x, parameters from below
     assert metrics["base_model"]["gguf_sha256"]
     assert {r["kind"] for r in metrics["ranks"].values()} <= {"lowrank", "dense"}
     assert len(metrics["ranks"]) == 30 * 7  # scale=cpu targets every linear type of every block

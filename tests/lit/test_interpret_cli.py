@@ -49,7 +49,7 @@ def test_reads_every_head_of_a_layer_and_a_linear_of_a_plain_model(tmp_path):
 @torch.no_grad()
 def test_a_finished_run_says_which_input_bases_each_layer_kept(compose_config, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    run(tiny_config(compose_config, out, "method.additional_dim=0", "method.post_finetune_epochs=0",
+    run(tiny_config(compose_config, out, "method.init=svd", "method.additional_dim=0", "method.post_finetune_epochs=0",
                     "eval.enabled=false"))
     kept = json.loads((out / "kept_bases.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())

@@ -247,6 +247,7 @@ def run_in_child(cfg, kill_at: int | None = None, timeline: list | None = None, 
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     code, seen, sent = 1, [], []
     try:
+        torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool (it crashes or hangs)
         position = {key: i for i, key in enumerate(timeline or [])}
 
         def on_event(key):
