@@ -4,6 +4,14 @@ Importing it registers the compressed architecture with transformers' Auto class
 `AutoModelForCausalLM.from_pretrained(<compressed_model dir>)` works without trust_remote_code.
 """
 
-from basel_app.models import load_compressed, save_compressed
+import logging
+
+# transformers imports torchao (the quantize= dependency) when it is installed; torchao then warns that its
+# CUDA-only kernels do not load, and torch that torchao registers enums with pytree: lines on every run that
+# say nothing about it. Only these two loggers are quietened, to errors.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
+from basel_app.models import load_compressed, save_compressed  # noqa: E402
 
 __all__ = ["load_compressed", "save_compressed"]

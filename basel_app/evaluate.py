@@ -28,6 +28,7 @@ from basel_app.files import atomic_write_json
 from basel_app.lit.module import AnswerLossModule
 from basel_app.lit.trainer import build_eval_trainer, build_logger
 from basel_app.models import check_model_source, is_compressed_dir, load_compressed, load_model, read_metadata
+from basel_app.models.quantization import quantize_linears
 
 register_schema()
 
@@ -113,10 +114,13 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
     model, tokenizer, provenance = load_any_model(cfg.model)
+    if cfg.quantize != "none":
+        quantize_linears(model, cfg.quantize)
     datamodule.attach_tokenizer(tokenizer)
     datamodule.setup("validate")
     results = {
         "model": provenance,
+        "quantize": cfg.quantize,
         "task": cfg.task.name,
         "eval": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out),
     }

@@ -90,6 +90,7 @@ from basel_app.models import (
     save_compressed,
     verify_checksums,
 )
+from basel_app.models.quantization import quantize_linears
 from basel_app.plots import save_run_pictures
 from basel_app.preemption import Preemption
 
@@ -150,7 +151,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    remove_unfinished_writes(out)
+    on_rank_zero(lambda: remove_unfinished_writes(out))  # one rank deletes; the others wait, never racing it
     L.seed_everything(cfg.seed, workers=True)
     clock = PhaseClock()
 
@@ -187,7 +188,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     checkpoints = out / "checkpoints"
     boundary = checkpoints / "recomposed"
     pretuned = checkpoints / "pre_finetuned"
-    drop_corrupt_boundaries([pretuned, boundary])
+    on_rank_zero(lambda: drop_corrupt_boundaries([pretuned, boundary]))
     if cfg.method.pre_finetune_epochs > 0 and not boundary.is_dir():
         if pretuned.is_dir():
             log.info("stage 0 already done: resuming from %s", pretuned)
@@ -248,8 +249,9 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
                   "config": asdict(cfg)}
     model_dir = out / "compressed_model"
     on_rank_zero(lambda: save_compressed(model, tokenizer, model_dir, metadata=provenance, overwrite=True))
-    disk_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    disk_bytes = weight_bytes_on_disk(model_dir)
     clock.split("save")
+    quantized = quantize_and_save(ctx, model, provenance, evaluation) if cfg.quantize != "none" else None
     metrics = {
         "method": cfg.method.name,
         "scorer": PRUNING_SCORERS.get(cfg.method.name),
@@ -268,6 +270,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
         "size_bytes_original": original["bytes"],
         "size_bytes_compressed": compressed["bytes"],
         "size_bytes_on_disk": disk_bytes,
+        "quantized": quantized,  # quantize=int8|int4: its dir and size on disk (its evaluation: eval.quantized)
         "ranks": layer_ranks(model, recomposed_ranks),
         "eval": evaluation,
         "phase_plan": asdict(plan) if plan else None,
@@ -292,6 +295,25 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     log.info("compressed model: %s", model_dir)
     log.info("metrics: %s", out / "metrics.json")
     return metrics
+
+
+def quantize_and_save(
+    ctx: RunContext, model: nn.Module, provenance: dict[str, Any], evaluation: dict[str, Any]
+) -> dict[str, Any]:
+    """Quantize the finished model in place (`quantize`), evaluate it as the float one was (into
+    `evaluation["quantized"]`) and save it beside it; returns its dir and size on disk."""
+    scheme = ctx.cfg.quantize
+    quantize_linears(model, scheme)
+    evaluation["quantized"] = evaluate_once(model, ctx.tokenizer, ctx.datamodule, ctx.cfg, ctx.logger, ctx.out)
+    model_dir = ctx.out / f"compressed_model_{scheme}"
+    on_rank_zero(lambda: save_compressed(model, ctx.tokenizer, model_dir, metadata={**provenance, "quantize": scheme},
+                                         overwrite=True))
+    ctx.clock.split("quantize")
+    return {"scheme": scheme, "dir": str(model_dir), "size_bytes_on_disk": weight_bytes_on_disk(model_dir)}
+
+
+def weight_bytes_on_disk(model_dir: Path) -> int:
+    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
 
 
 def evaluate_once(

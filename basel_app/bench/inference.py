@@ -3,9 +3,11 @@
 Compressed models are plain truncated SVDs (the `svd` one-shot method: no data, no training) of every
 block linear at each whole-model `ratios` (original / compressed parameters), with the run's budget rule;
 what is measured is the cost of the two thin GEMMs per layer, which does not depend on how the factors
-were found. Each model generates greedily on `batch` random prompts of `prompt_tokens` tokens through
-the evaluation path (`generate_greedy`: static cache, no early stop), under the trainer's default
-precision (bf16 autocast where the CPU has bf16):
+were found. With `rank_multiple` > 1 each ratio is also measured with its ranks in multiples of it
+(`method.rank_multiple`); with `quantize` (int8, int4 or both) each float model, the dense one included, is
+also measured with its linear weights quantized as `quantize=` saves them. Each model generates greedily on
+`batch` random prompts of `prompt_tokens` tokens through the evaluation path (`generate_greedy`, no early
+stop), under the trainer's default precision (bf16 autocast where the CPU has bf16):
 
     prefill   one new token:            prompt tokens/s = batch × prompt_tokens / t(1)
     decode    `new_tokens` + 1 tokens:  new tokens/s = batch × new_tokens / (t(new_tokens + 1) − t(1))
@@ -37,6 +39,7 @@ from basel_app.lowrank import count_parameters, find_target_linears, state_bytes
 from basel_app.lowrank.factorizations import svd_factorization
 from basel_app.methods.budget import fixed_parameters, resolve_budget
 from basel_app.methods.one_shot import truncate_layers
+from basel_app.models.quantization import quantize_linears
 
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul_out")  # the kernels doing the products
@@ -59,6 +62,8 @@ def gemm_profile(call: Any, tokens: int) -> dict[str, float]:
 class InferenceSettings:
     model: str = "smollm2_135m"
     ratios: str = "1.5,2,3"  # whole-model compression ratios of the compressed models
+    quantize: str = "int8"  # comma-separated schemes each model is also measured in (none: only float)
+    rank_multiple: int = 8  # > 1: each ratio also with its ranks rounded to multiples of this (method.rank_multiple)
     batch: int = 4
     prompt_tokens: int = 128
     new_tokens: int = 32
@@ -66,13 +71,14 @@ class InferenceSettings:
     warmup: int = 1
 
 
-def svd_compressed(model: torch.nn.Module, ratio: float, factors: dict[str, Any]) -> torch.nn.Module:
+def svd_compressed(model: torch.nn.Module, ratio: float, factors: dict[str, Any], rank_multiple: int = 1
+                   ) -> torch.nn.Module:
     """A copy of `model` with every block linear replaced by its SVD (`factors`, by name) truncated to a
     whole-model `ratio` under the run's budget rule."""
     model = copy.deepcopy(model)
     targets = find_target_linears(model, list(BLOCK_LINEARS))
-    budget = resolve_budget(MethodConfig(name="svd", compression_ratio=ratio), count_parameters(model),
-                            fixed_parameters(model, targets), targets, extra=0)
+    method = MethodConfig(name="svd", compression_ratio=ratio, rank_multiple=rank_multiple)
+    budget = resolve_budget(method, count_parameters(model), fixed_parameters(model, targets), targets, extra=0)
     truncate_layers(model, targets, factors, budget)
     return model
 
@@ -85,6 +91,13 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
     models = {"dense": dense}
     for ratio in (float(r) for r in settings.ratios.split(",")):
         models[f"svd {ratio:g}x"] = svd_compressed(dense, ratio, factors)
+        if settings.rank_multiple > 1:
+            models[f"svd {ratio:g}x ranks%{settings.rank_multiple}"] = svd_compressed(dense, ratio, factors,
+                                                                                    settings.rank_multiple)
+    for scheme in (s for s in settings.quantize.split(",") if s != "none"):
+        for name in [n for n in models if n == "dense" or n.endswith("x")]:  # the float ones
+            models[f"{name} {scheme}"] = quantized = copy.deepcopy(models[name])
+            quantize_linears(quantized, scheme)
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, dense.config.vocab_size, (settings.batch, settings.prompt_tokens),
                             generator=generator).tolist()

@@ -38,6 +38,8 @@ WANDB_MODES = ("auto", "offline", "online", "disabled")
 POST_FINETUNE_PARAMS = ("all", "lowrank")
 # The linear layers of one Llama decoder block.
 BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Weight-only quantization of the saved model (basel_app/models/quantization.py)
+QUANTIZE_SCHEMES = ("none", "int8", "int4")
 # What a NaN or inf in a training loss or gradient does: stop the run (naming phase, step, layer) or skip the batch.
 NONFINITE_POLICIES = ("stop", "skip")
 # Every linear layer of a Llama decoder plus the output head (METHODS.md, "Which layers").

@@ -7,6 +7,7 @@ names the bad value and what is allowed, so a typo costs seconds, not a model lo
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,7 @@ from basel_app.config.names import (
     POST_FINETUNE_PARAMS,
     PRECISIONS,
     PRUNING_METHODS,
+    QUANTIZE_SCHEMES,
     SCORE_VARIANTS,
     STRATEGIES,
     TASK_SOURCES,
@@ -191,6 +193,7 @@ class MethodConfig:
     compression_ratio: float | None = None  # original / compressed parameters (whole model), > 1
     target_params: int | None = None  # or the compressed model's parameter count
     allocation: str = "per_layer"  # per_layer | global (BSI with a parameter budget: ranks differ by layer)
+    rank_multiple: int = 1  # final ranks (kept + additional_dim) rounded to multiples of it, e.g. 8 or 64
     score: str = "both"  # taylor variant: both (BSI) | first | second (ablation)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     # Basel/BSI: the bases s̃ starts from. svd: the weight's SVD; whitened / asvd: SVD-LLM's / ASVD's
@@ -244,6 +247,8 @@ class MethodConfig:
             f"method.target_params={self.target_params} is not allowed; it must be a positive parameter count",
         )
         _one_of("method.allocation", self.allocation, ALLOCATIONS)
+        _require(self.rank_multiple >= 1, f"method.rank_multiple={self.rank_multiple} is not allowed; it must be "
+                 ">= 1 (1: any rank; 8 or 64: ranks in multiples of it)")
         if not self.compresses:
             _require(
                 self.compression_ratio is None and self.target_params is None,
@@ -390,6 +395,14 @@ class EvaluateConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     output_dir: str = "."  # set to Hydra's run dir by the config; a compression run resumes if it holds checkpoints
+    # Weight-only int8 | int4 (torchao): the model evaluated quantized (a compression run: besides the float one,
+    # saved as compressed_model_<scheme>/)
+    quantize: str = "none"
+
+    def __post_init__(self) -> None:
+        _one_of("quantize", self.quantize, QUANTIZE_SCHEMES)
+        _require(self.quantize == "none" or importlib.util.find_spec("torchao") is not None,
+                 f"quantize={self.quantize} needs torchao, which is not installed: pip install 'basel_app[quantize]'")
 
 
 @dataclass
@@ -406,6 +419,7 @@ class RunConfig(EvaluateConfig):
         return sorted(name for name, on in self.ablation.items() if on) or ["none"]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for preset in self.ablations:
             family = next((f for f in ABLATION_METHODS if preset.startswith(f)), None)
             _require(

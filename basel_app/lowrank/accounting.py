@@ -16,12 +16,17 @@ from basel_app.lowrank.reparam import BaselLinear
 from basel_app.lowrank.thin import LowRankLinear
 
 
+def _is_wrapper(tensor: torch.Tensor) -> bool:
+    """A tensor subclass that holds other tensors (torchao's quantized weights)."""
+    return type(tensor) not in (torch.Tensor, nn.Parameter) and hasattr(tensor, "__tensor_flatten__")
+
+
 def _unique(tensors: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
     """Each tensor once: by identity, and by memory (same storage, offset, shape) for real devices."""
     seen: set[Any] = set()
     for t in tensors:
         keys = [("id", id(t))]
-        if t.device.type != "meta" and t.numel() > 0:
+        if t.device.type != "meta" and t.numel() > 0 and not _is_wrapper(t):  # a wrapper has no storage of its own
             keys.append(("mem", t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)))
         if any(k in seen for k in keys):
             continue
@@ -44,7 +49,16 @@ def count_parameters(model: nn.Module) -> int:
 def state_bytes(model: nn.Module) -> int:
     """Bytes the model's state actually takes: unique parameters plus persistent buffers (numel · itemsize)."""
     tensors = _unique([*model.parameters(), *_persistent_buffers(model)])
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(stored_bytes(t) for t in tensors)
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """numel · itemsize; a wrapper tensor subclass (a quantized weight: int8 data and float scales, whose own
+    dtype is the float it stands for) counts the tensors it holds."""
+    if _is_wrapper(tensor):
+        inner, _ = tensor.__tensor_flatten__()
+        return sum(stored_bytes(getattr(tensor, name)) for name in inner)
+    return tensor.numel() * tensor.element_size()
 
 
 def linear_parameter_count(n: int, m: int, bias: bool = True) -> int:

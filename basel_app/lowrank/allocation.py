@@ -14,6 +14,11 @@ every budget admits a prefix of each layer's order:
 A parameter budget is met from below and missed by less than one basis: the admitted prefix is the
 longest one that fits, and the next basis would not.
 
+`rank_multiple` q > 1 (hardware-friendly shapes) admits bases in blocks that end where a layer's rank
+(kept + r̃) is a multiple of q, or at its last basis; a block's key is its first basis's. The final ranks
+are then multiples of q, except a layer left at one basis (+ r̃) or one that keeps every basis, and the
+budget is missed by less than one block instead of one basis. The mass rule rounds each layer's count down.
+
 Cost of a layer of rank k (kept bases + r̃ new ones): k(n + m) weights, or nm once k reaches the
 break-even rank (`recompose` then stores it dense). Intermediate pruning events may schedule on the
 uncapped k(n + m) so that ranks shrink gradually from full rank (see `PruneScheduler`).
@@ -74,23 +79,32 @@ def _mask_of(keep_mask: torch.Tensor, order: torch.Tensor, count: int) -> torch.
     return mask
 
 
+def round_rank_down(count: int, extra: int, multiple: int) -> int:
+    """The largest count <= `count` whose rank count + `extra` is a multiple of `multiple`; `count` itself when
+    there is none (at least one basis stays)."""
+    rounded = (count + extra) // multiple * multiple - extra
+    return rounded if rounded >= 1 else count
+
+
 def mass_keep_mask(
-    magnitudes: torch.Tensor, keep_mask: torch.Tensor, ratio: float, priority: torch.Tensor | None = None
+    magnitudes: torch.Tensor, keep_mask: torch.Tensor, ratio: float, priority: torch.Tensor | None = None,
+    rank_multiple: int = 1, extra: int = 0,
 ) -> torch.Tensor:
     """The new keep mask (r,) after keeping `ratio` of the kept |magnitudes| mass.
 
     Bases are taken in `priority` order (default: |magnitudes|, which is Basel's rule: the fewest,
     largest-|s̃| bases whose summed |s̃| is at least `ratio` × the kept sum). At least one basis always
-    stays; ratio 1 changes nothing.
+    stays; ratio 1 changes nothing. With `rank_multiple`, the count is rounded down (`round_rank_down`).
     """
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"ratio={ratio} must be in (0, 1]")
     if magnitudes.shape != keep_mask.shape:
         raise ValueError(f"magnitudes {tuple(magnitudes.shape)} and keep_mask {tuple(keep_mask.shape)} differ in shape")
-    if ratio == 1.0:
+    if ratio == 1.0 and rank_multiple == 1:
         return keep_mask.clone()
     order = priority_order(magnitudes.abs() if priority is None else priority, keep_mask)
-    return _mask_of(keep_mask, order, int((mass_fraction_before(magnitudes, order) < ratio).sum()))
+    count = int((mass_fraction_before(magnitudes, order) < ratio).sum())
+    return _mask_of(keep_mask, order, round_rank_down(max(1, count), extra, rank_multiple))
 
 
 def smallest_weight_params(layers: list[LayerBases], dense_cap: bool = True) -> int:
@@ -99,12 +113,12 @@ def smallest_weight_params(layers: list[LayerBases], dense_cap: bool = True) -> 
 
 
 def keep_within(
-    layers: list[LayerBases], weight_budget: int, allocation: str, dense_cap: bool = True
+    layers: list[LayerBases], weight_budget: int, allocation: str, dense_cap: bool = True, rank_multiple: int = 1
 ) -> list[torch.Tensor]:
     """New keep masks whose layers hold at most `weight_budget` weights, as close to it as one basis allows.
 
     The first basis of every layer is always kept; the others are admitted in one global order (see the
-    module docstring for `allocation`) until the next one would not fit.
+    module docstring for `allocation` and `rank_multiple`) until the next one would not fit.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation={allocation!r} is not allowed; choose one of: {', '.join(ALLOCATIONS)}")
@@ -114,7 +128,7 @@ def keep_within(
             f"a budget of {weight_budget} layer weights is below the {floor} that one basis per layer (plus the "
             "additional dimension) needs"
         )
-    orders, keys, deltas, owners = [], [], [], []
+    orders, keys, deltas, owners, sizes = [], [], [], [], []
     for index, layer in enumerate(layers):
         order = priority_order(layer.priority, layer.keep_mask)
         orders.append(order)
@@ -127,13 +141,21 @@ def keep_within(
         deltas.append(
             layer_weight_params(layer.n, layer.m, ranks + 1, dense_cap) - layer_weight_params(layer.n, layer.m, ranks, dense_cap)
         )
-        keys.append(key)
-        owners.append(torch.full((positions.numel(),), index, dtype=torch.long))
-    key, delta, owner = torch.cat(keys), torch.cat(deltas), torch.cat(owners)
+        # Blocks: candidate j closes one when its admission makes the rank a multiple of q, or it is the last.
+        closes = ((ranks + 1) % rank_multiple == 0) | (positions == order.numel() - 1)
+        block = torch.cumsum(closes.long(), 0) - closes.long()  # block index of each candidate
+        starts = torch.ones_like(closes)
+        starts[1:] = block[1:] != block[:-1]
+        keys.append(key[starts])
+        deltas[-1] = torch.zeros(int(starts.sum()), dtype=torch.float64).index_add_(0, block, deltas[-1].double())
+        sizes.append(torch.bincount(block, minlength=int(starts.sum())))
+        owners.append(torch.full((int(starts.sum()),), index, dtype=torch.long))
+    key, delta, owner, size = torch.cat(keys), torch.cat(deltas), torch.cat(owners), torch.cat(sizes)
     admitted_order = torch.sort(key, stable=True).indices  # stable: ties keep each layer's own order
     spent = floor + torch.cumsum(delta[admitted_order], 0)
     admitted = int((spent <= weight_budget).sum())  # spent never decreases, so this is the fitting prefix
-    counts = torch.bincount(owner[admitted_order[:admitted]], minlength=len(layers)) + 1
+    chosen = admitted_order[:admitted]
+    counts = torch.zeros(len(layers), dtype=torch.long).index_add_(0, owner[chosen], size[chosen]) + 1
     return [_mask_of(layer.keep_mask, order, int(c)) for layer, order, c in zip(layers, orders, counts)]
 
 

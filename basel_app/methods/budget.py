@@ -40,6 +40,7 @@ class SizeBudget:
     fixed_params: int
     original_params: int
     allocation: str = "per_layer"
+    rank_multiple: int = 1  # final ranks rounded to multiples of it (allocation.py); intermediate events are not
 
     @property
     def kind(self) -> str:
@@ -52,9 +53,15 @@ class SizeBudget:
 
     def final_masks(self, layers: list[LayerBases]) -> list[torch.Tensor]:
         """One-shot: the masks that meet the budget in one step."""
+        return self._last_masks(layers, self.keep_ratio)
+
+    def _last_masks(self, layers: list[LayerBases], mass_ratio: float | None) -> list[torch.Tensor]:
+        """The masks the run ends with: the budget met, ranks rounded to `rank_multiple`."""
         if self.target_params is None:
-            return [mass_keep_mask(b.mass, b.keep_mask, self.keep_ratio, b.priority) for b in layers]
-        return keep_within(layers, self.weight_budget, self.allocation, dense_cap=True)
+            return [mass_keep_mask(b.mass, b.keep_mask, mass_ratio, b.priority, self.rank_multiple, b.extra)
+                    for b in layers]
+        return keep_within(layers, self.weight_budget, self.allocation, dense_cap=True,
+                           rank_multiple=self.rank_multiple)
 
     def event_masks(self, layers: list[LayerBases], event: int, times: int, start_weights: int) -> list[torch.Tensor]:
         """Pruning event `event` of `times`: each removes the same fraction, the last meets the budget.
@@ -64,11 +71,11 @@ class SizeBudget:
         rank), so ranks shrink gradually even while a layer is above break-even; the last event counts
         dense layers as nm, which is what the recomposed model stores.
         """
-        if self.target_params is None:
-            ratio = per_step_keep_ratio(self.keep_ratio, times)
-            return [mass_keep_mask(b.mass, b.keep_mask, ratio, b.priority) for b in layers]
+        ratio = per_step_keep_ratio(self.keep_ratio, times) if self.target_params is None else None
         if event == times:
-            return keep_within(layers, self.weight_budget, self.allocation, dense_cap=True)
+            return self._last_masks(layers, ratio)
+        if self.target_params is None:
+            return [mass_keep_mask(b.mass, b.keep_mask, ratio, b.priority) for b in layers]
         aim = scheduled_weight_budget(start_weights, self.weight_budget, event, times)
         return keep_within(layers, aim, self.allocation, dense_cap=False)
 
@@ -79,6 +86,7 @@ class SizeBudget:
             "target_params": self.target_params,
             "target_compression_ratio": None if self.target_params is None else self.original_params / self.target_params,
             "allocation": self.allocation,
+            "rank_multiple": self.rank_multiple,
         }
         if achieved_params is not None:
             out["achieved_params"] = achieved_params
@@ -108,7 +116,7 @@ def resolve_budget(method: MethodConfig, original_params: int, fixed_params: int
         target = int(method.target_params)
         name, value = "method.target_params", method.target_params
     else:
-        return SizeBudget(method.keep_ratio, None, fixed, original, method.allocation)
+        return SizeBudget(method.keep_ratio, None, fixed, original, method.allocation, method.rank_multiple)
     if target >= original:
         raise ConfigError(
             f"{name}={value} asks for {target:,} parameters, not fewer than the model's {original:,}; "
@@ -124,4 +132,4 @@ def resolve_budget(method: MethodConfig, original_params: int, fixed_params: int
             f"outside the targeted layers): at most compression_ratio={original / smallest:.3f}; target more "
             "layers, lower method.additional_dim, or ask for less"
         )
-    return SizeBudget(None, target, fixed, original, method.allocation)
+    return SizeBudget(None, target, fixed, original, method.allocation, method.rank_multiple)

@@ -3,7 +3,8 @@
 Layout of a saved model (nothing is pickled):
 
     <path>/config.json           model_type "basel_lowrank_llama", lowrank_ranks = every factored module's rank
-    <path>/model.safetensors     the weights (LowRankLinear as `<name>.down.weight`, `<name>.up.weight/bias`)
+    <path>/model.safetensors     the weights (LowRankLinear as `<name>.down.weight`, `<name>.up.weight/bias`);
+                                 a quantized model (config `basel_quantization`) in torchao's safetensors form
     <path>/generation_config.json, tokenizer files
     <path>/basel_metadata.json   what the caller passed as `metadata` (method, ratios, provenance, ...) and the
                                  sha256 of every other file, checked on every load
@@ -23,13 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from basel_app.config.errors import CorruptArtifact, NonFiniteError
 from basel_app.files import OLD, PARTIAL, sha256_of
 from basel_app.finite import first_nonfinite
 from basel_app.lowrank.thin import LowRankLinear
 from basel_app.models.lowrank_llama import MODEL_TYPE, LowRankLlamaConfig, LowRankLlamaForCausalLM
+from basel_app.models.quantization import METADATA_KEY, from_safetensors, is_quantized, to_safetensors
 from basel_app.models.rebuild import rebuild_sharing_tensors
 
 logger = logging.getLogger(__name__)
@@ -67,7 +72,7 @@ def save_compressed(
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
     # Check the metadata serialises and the weights are finite before anything is written.
     json.dumps(metadata or {})
-    nonfinite = first_nonfinite(model.state_dict().items())
+    nonfinite = first_nonfinite(_plain_tensors(model.state_dict()))
     if nonfinite is not None:
         raise NonFiniteError(f"refusing to save {path}: tensor {nonfinite} holds NaN or inf (the training diverged)")
 
@@ -77,7 +82,10 @@ def save_compressed(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL}", dir=path.parent))
     try:
-        target.save_pretrained(tmp)
+        if is_quantized(target.state_dict()):
+            _save_quantized(target, tmp)
+        else:
+            target.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _check_no_pickles(tmp)
@@ -106,9 +114,14 @@ def load_compressed(
     if path.is_dir():
         verify_checksums(path)  # first: a damaged config.json is named as such, not parsed
     _check_compressed_dir(path)
-    model, info = LowRankLlamaForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True,
-                                                          output_loading_info=True)
-    wrong = {kind: sorted(info[kind]) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info[kind]}
+    config = LowRankLlamaConfig.from_pretrained(path)
+    if getattr(config, METADATA_KEY, None):
+        model, wrong = _load_quantized(path, config, dtype)
+    else:
+        model, info = LowRankLlamaForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True,
+                                                              output_loading_info=True)
+        wrong = {kind: sorted(info[kind]) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+                 if info[kind]}
     if wrong:
         raise CorruptArtifact(f"{path}: the weights do not match the model config ({wrong}); re-save the model")
     if device is not None:
@@ -180,6 +193,55 @@ def _as_lowrank_llama(model: LlamaForCausalLM, ranks: dict[str, int]) -> LowRank
             "the model holds modules that the compressed Llama format cannot express (only nn.Linear and "
             f"LowRankLinear may stand in Llama's linear layers; recompose first?): {err}"
         ) from err
+
+
+def _plain_tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every stored tensor: a quantized weight's own tensors (data, scales) by their names."""
+    plain = []
+    for name, tensor in state.items():
+        if is_quantized({name: tensor}):
+            inner, _ = tensor.__tensor_flatten__()
+            plain += [(f"{name}.{part}", getattr(tensor, part)) for part in inner]
+        else:
+            plain.append((name, tensor))
+    return plain
+
+
+def _save_quantized(model: LowRankLlamaForCausalLM, directory: Path) -> None:
+    """config.json, generation_config.json and model.safetensors of a model with torchao-quantized weights."""
+    model.config.save_pretrained(directory)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(directory)
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight")  # the embedding's tensor again: tied back on load
+    tensors, header = to_safetensors(state, getattr(model.config, METADATA_KEY))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, directory / "model.safetensors", metadata=header)
+
+
+def _load_quantized(
+    path: Path, config: LowRankLlamaConfig, dtype: torch.dtype | str | None
+) -> tuple[LowRankLlamaForCausalLM, dict[str, list[str]]]:
+    """What `_save_quantized` wrote, and the tensors it misses or adds. Quantized weights keep their own
+    dtype, so `dtype` must be None."""
+    if dtype is not None:
+        raise ValueError(f"{path} is quantized ({getattr(config, METADATA_KEY)}); load it with dtype=None, not {dtype}")
+    with safe_open(path / "model.safetensors", framework="pt") as weights:
+        header = weights.metadata() or {}
+        tensors = {name: weights.get_tensor(name) for name in weights.keys()}
+    try:
+        state = from_safetensors(tensors, header)
+    except (ValueError, KeyError) as err:
+        raise CorruptArtifact(f"{path / 'model.safetensors'}: {err}") from err
+    with torch.device("meta"):
+        model = LowRankLlamaForCausalLM(config)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    model.model.rotary_emb = LlamaRotaryEmbedding(config)  # its buffers are computed, never stored
+    tied = ["lm_head.weight"] if config.tie_word_embeddings else []
+    if tied:
+        model.tie_weights()
+    wrong = {"missing_keys": sorted(set(result.missing_keys) - set(tied)), "unexpected_keys": result.unexpected_keys}
+    return model, {kind: names for kind, names in wrong.items() if names}
 
 
 def _move_into_place(tmp: Path, path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from basel_app.pipeline import run
 
@@ -40,11 +41,24 @@ def test_evaluates_a_compressed_model_directory(compose_config, tmp_path):
     assert metrics["model"]["source"] == "compressed" and metrics["model"]["method"] == "basel"
     assert list(metrics["eval"]["benchmarks"]) == ["gsm8k"]
 
+    # The same model with int8 weights: one more line of config, nearly the same loss.
+    result = evaluate_cli(tmp_path / "int8", f"model.path={tmp_path / 'run' / 'compressed_model'}",
+                          "eval.benchmarks=[]", "quantize=int8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    on_int8 = json.loads((tmp_path / "int8" / "metrics.json").read_text())
+    assert on_int8["quantize"] == "int8" and metrics["quantize"] == "none"
+    assert on_int8["eval"]["answer_loss"] == pytest.approx(metrics["eval"]["answer_loss"], rel=0.02)
+    assert on_int8["eval"]["answer_loss"] != metrics["eval"]["answer_loss"]
 
-def test_rejects_an_unknown_benchmark_before_loading(tmp_path):
-    result = evaluate_cli(tmp_path, "eval.benchmarks=[gsm9k]")
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("eval.benchmarks=[gsm9k]", "eval.benchmarks='gsm9k' is not allowed"),
+    ("quantize=int3", "quantize='int3' is not allowed; choose one of: none, int8, int4"),
+])
+def test_rejects_a_bad_value_before_loading(tmp_path, override, message):
+    result = evaluate_cli(tmp_path, override)
     assert result.returncode == 2
-    assert "eval.benchmarks='gsm9k' is not allowed" in result.stdout + result.stderr
+    assert message in result.stdout + result.stderr
 
 
 def test_code_task_runs_generated_programs_in_the_sandbox(tmp_path):

@@ -96,6 +96,21 @@ def test_end_to_end_on_tiny_random_under_a_minute(compose_config, tmp_path):
     assert {"decomposition", "relearned", "pruned", "recomposed"} <= set(spectra)
 
 
+def test_quantize_int8_saves_and_evaluates_the_quantized_model_beside_the_float_one(compose_config, tmp_path):
+    metrics = run(tiny_config(compose_config, tmp_path, "method=svd", "quantize=int8", "eval.benchmarks=[gsm8k]"))
+
+    quantized = metrics["quantized"]
+    assert quantized["scheme"] == "int8" and quantized["dir"] == str(tmp_path / "compressed_model_int8")
+    assert quantized["size_bytes_on_disk"] < 0.6 * metrics["size_bytes_on_disk"]
+    after, on_int8 = metrics["eval"]["after"], metrics["eval"]["quantized"]
+    assert on_int8["benchmarks"]["gsm8k"]["n"] == 8
+    assert on_int8["answer_loss"] == pytest.approx(after["answer_loss"], rel=0.02)
+    model, _ = basel_app.load_compressed(quantized["dir"])
+    assert basel_app.models.read_metadata(quantized["dir"])["quantize"] == "int8"
+    assert type(model.model.layers[0].mlp.down_proj.up.weight).__name__ == "Int8Tensor"
+    assert {"save", "quantize"} <= set(metrics["wall_time_s"])
+
+
 @pytest.mark.parametrize(
     "method",
     [("method=basel",),  # keep-ratio budget, magnitude scorer

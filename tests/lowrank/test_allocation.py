@@ -95,3 +95,32 @@ def test_the_event_schedule_is_geometric_and_ends_at_the_target():
     assert aims[-1] == 250
     ratios = [b / a for a, b in zip([1000, *aims[:-1]], aims)]
     assert max(ratios) - min(ratios) < 0.01  # each event removes the same fraction (1/4**(1/4))
+
+
+@pytest.mark.parametrize("allocation", ["per_layer", "global"])
+@pytest.mark.parametrize("extra", [0, 3])
+def test_rank_multiple_gives_ranks_in_multiples_within_one_block_of_the_budget(allocation, extra, gen):
+    q = 8
+    layers = random_layers(gen, extra)
+    full = weights(layers, [b.keep_mask for b in layers])
+    for fraction in (0.3, 0.5, 0.8):
+        budget = int(full * fraction)
+        masks = keep_within(layers, budget, allocation, rank_multiple=q)
+        spent = weights(layers, masks)
+        assert spent <= budget
+        assert budget - spent < q * max(b.n + b.m for b in layers)  # less than one more block would have cost
+        for b, k in zip(layers, masks):
+            count, alive = int(k.sum()), int(b.keep_mask.sum())
+            assert (count + b.extra) % q == 0 or count in (1, alive), (count, b.extra, alive)
+            order = priority_order(b.priority, b.keep_mask)
+            assert k[order[:count]].all()  # a prefix of the layer's own order
+
+
+def test_rank_multiple_rounds_the_mass_rule_down_and_one_changes_nothing(gen):
+    magnitudes = torch.arange(20, 0, -1).double()
+    keep = torch.ones(20, dtype=torch.bool)
+    plain = int(mass_keep_mask(magnitudes, keep, 0.8).sum())
+    assert int(mass_keep_mask(magnitudes, keep, 0.8, rank_multiple=1).sum()) == plain
+    rounded = int(mass_keep_mask(magnitudes, keep, 0.8, rank_multiple=4, extra=2).sum())
+    assert (rounded + 2) % 4 == 0 and plain - 4 < rounded <= plain
+    assert int(mass_keep_mask(magnitudes, keep, 0.05, rank_multiple=64).sum()) >= 1  # never below one basis
