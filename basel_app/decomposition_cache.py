@@ -94,6 +94,7 @@ class DecompositionCache:
 
     def __init__(self, root: str | Path | None) -> None:
         self.root = Path(root).expanduser() if root is not None else None
+        self.computed = 0  # entries computed rather than loaded (a sweep's later jobs: 0)
 
     def fetch(
         self, kind: str, key: Callable[[], Key], compute: Callable[[], tuple[Tensors, Notes]],
@@ -105,6 +106,7 @@ class DecompositionCache:
         contiguous either way, so a hit and a miss give the same tensors bit for bit.
         """
         if self.root is None:
+            self.computed += 1
             return _contiguous(*compute())
         parts = key()
         name = fingerprint(kind, parts)
@@ -121,6 +123,7 @@ class DecompositionCache:
             except CorruptEntry as problem:
                 log.warning("decomposition cache: %s entry %s is corrupt (%s); recomputing it", kind, name[:16], problem)
             tensors, notes = _contiguous(*compute())
+            self.computed += 1
             self._store(folder, name, tensors, notes, parts)
             return tensors, notes
 

@@ -1,5 +1,5 @@
 """The models a benchmark runs on, named as the `model` config group names them (`smollm2_135m`,
-`tiny_random`, ...), composed through Hydra exactly as a run would load them."""
+`tiny_random`, ...), and the run config around them, composed through Hydra exactly as a run would."""
 
 from __future__ import annotations
 
@@ -8,16 +8,21 @@ from typing import Any
 from hydra import compose, initialize
 from omegaconf import OmegaConf
 
-from basel_app.config.schema import ModelConfig, register_schema
+from basel_app.config.schema import ModelConfig, RunConfig, register_schema
 from basel_app.models import load_model
+
+
+def run_config(overrides: list[str] = ()) -> RunConfig:
+    """The config `python -m basel_app <overrides>` would run with (its output dir unused)."""
+    register_schema()
+    with initialize(version_base="1.3", config_path="../../conf"):
+        cfg = compose("config", overrides=["output_dir=unused", *overrides])
+    return OmegaConf.to_object(cfg)
 
 
 def model_config(name: str, overrides: list[str] = ()) -> ModelConfig:
     """The `model=<name>` group of the run config, with `model.*` overrides."""
-    register_schema()
-    with initialize(version_base="1.3", config_path="../../conf"):
-        cfg = compose("config", overrides=[f"model={name}", *overrides])
-    return OmegaConf.to_object(cfg.model)
+    return run_config([f"model={name}", *overrides]).model
 
 
 def load(name: str) -> tuple[Any, Any]:

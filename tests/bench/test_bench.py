@@ -94,3 +94,14 @@ def test_inference_compressed_models_have_the_asked_size(tmp_path):
     for name in ("dense", "svd 2x"):
         assert models[f"{name} int8"]["parameters"] == models[name]["parameters"]
         assert models[f"{name} int8"]["state_bytes"] < 0.75 * models[name]["state_bytes"]
+
+
+@pytest.mark.parametrize("init", ["svd", "whitened"])
+def test_decomposition_computes_on_a_miss_and_only_loads_on_a_hit(tmp_path, init):
+    result = bench("decomposition", tmp_path, "--inits", init, "--calibration-batches", "2")
+    measured = result["inits"][init]
+    assert measured["layers"] == 14  # scale=cpu: 7 linear types x 2 layers
+    computed = measured["entries_computed"]
+    assert computed["off"] == computed["miss"] > 0 and computed["hit"] == 0
+    assert measured["entry_bytes"] > 0
+    assert measured["miss_over_hit"] == pytest.approx(measured["miss"]["median"] / measured["hit"]["median"])
