@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from basel_app.config.errors import ConfigError
 from basel_app.config.names import (
@@ -441,7 +442,9 @@ BUDGET_KEYS = ("target_params", "compression_ratio", "keep_ratio")
 def refuse_shadowed_budget(method: MethodConfig, overrides: list[str]) -> None:
     """A budget given on the command line that a higher-precedence one (set by a profile, e.g. scale=cpu's
     compression_ratio) overrides would be ignored: a sweep over it would train the same model again and again."""
-    given = {o.split("=", 1)[0].lstrip("+~").removeprefix("method."): o for o in overrides if "=" in o}
+    given = {o.key_or_group.removeprefix("method."): o.input_line
+             for o in OverridesParser.create().parse_overrides(overrides)
+             if o.key_or_group.startswith("method.") and not o.is_delete()}
     for rank, key in enumerate(BUDGET_KEYS):
         if key not in given or getattr(method, key) is None:
             continue
