@@ -77,8 +77,13 @@ class CompressionModule(AnswerLossModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = set_trainable(self.model, self.select_trainable(self.model))
-        if not params:
+    def configure_model(self) -> None:
+        """Freeze all but the selected parameters here, before the strategy wraps the model: DDP registers
+        for gradient reduction exactly the parameters that require grad when it wraps, and one frozen later
+        would be a parameter it waits for in every step."""
+        self.trainable = set_trainable(self.model, self.select_trainable(self.model))
+        if not self.trainable:
             raise RuntimeError("nothing to train: the trainable-parameter selector returned no parameters")
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.weight_decay)

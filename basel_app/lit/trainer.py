@@ -125,9 +125,9 @@ def _shared_trainer_args(cfg: TrainerConfig, logger: Logger | None, root_dir: Pa
     return {
         "accelerator": cfg.accelerator,
         "devices": cfg.devices,
-        # Some trainable parameters sit out some steps (a layer's extra bases Ũ Ṽ before any gradient reaches
-        # them), so DDP must look for unused ones rather than wait for their gradients forever.
-        "strategy": "ddp_find_unused_parameters_true" if cfg.strategy == "ddp" else cfg.strategy,
+        # Every parameter that trains takes part in every step (CompressionModule freezes the rest before the
+        # strategy wraps the model), so DDP needs no search for unused parameters.
+        "strategy": cfg.strategy,
         "num_nodes": cfg.num_nodes,
         "precision": resolve_precision(cfg),
         "enable_progress_bar": cfg.enable_progress_bar,
