@@ -90,6 +90,7 @@ from basel_app.models import (
     save_compressed,
     verify_checksums,
 )
+from basel_app.models.compressed_io import weight_bytes_on_disk
 from basel_app.models.quantization import quantize_linears
 from basel_app.plots import save_run_pictures
 from basel_app.preemption import Preemption
@@ -310,10 +311,6 @@ def quantize_and_save(
                                          overwrite=True))
     ctx.clock.split("quantize")
     return {"scheme": scheme, "dir": str(model_dir), "size_bytes_on_disk": weight_bytes_on_disk(model_dir)}
-
-
-def weight_bytes_on_disk(model_dir: Path) -> int:
-    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
 
 
 def evaluate_once(

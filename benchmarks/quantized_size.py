@@ -18,11 +18,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere: the repo's basel
 
 from basel_app.bench.models import load  # noqa: E402
 from basel_app.models import load_compressed, save_compressed  # noqa: E402
+from basel_app.models.compressed_io import weight_bytes_on_disk  # noqa: E402
 from basel_app.models.quantization import quantize_linears  # noqa: E402
-
-
-def weight_bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
 
 
 def saved_and_reloaded(model, tokenizer, directory: Path) -> dict:
@@ -31,7 +28,7 @@ def saved_and_reloaded(model, tokenizer, directory: Path) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         same = torch.equal(model(ids).logits, load_compressed(path)[0](ids).logits)
-    return {"bytes_on_disk": weight_bytes(path), "reloads_to_the_same_logits": same}
+    return {"bytes_on_disk": weight_bytes_on_disk(path), "reloads_to_the_same_logits": same}
 
 
 def main() -> None:
@@ -40,7 +37,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2_135m", help="the dense input model (a conf/model option)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    sizes = {"compressed float32": {"bytes_on_disk": weight_bytes(args.compressed)}}
+    sizes = {"compressed float32": {"bytes_on_disk": weight_bytes_on_disk(args.compressed)}}
     for scheme in ("int8", "int4"):
         model, tokenizer = load_compressed(args.compressed)
         quantize_linears(model, scheme)

@@ -8,6 +8,7 @@ from basel_app.lowrank.accounting import (
     layer_ranks,
     linear_parameter_count,
     lowrank_parameter_count,
+    is_wrapper_tensor,
     state_bytes,
 )
 from basel_app.lowrank.inject import (
@@ -72,6 +73,7 @@ __all__ = [
     "set_submodule",
     "set_trainable",
     "untie_from_embedding",
+    "is_wrapper_tensor",
     "state_bytes",
     "svd_bases",
     "thin_svd_of_product",

@@ -16,7 +16,7 @@ from basel_app.lowrank.reparam import BaselLinear
 from basel_app.lowrank.thin import LowRankLinear
 
 
-def _is_wrapper(tensor: torch.Tensor) -> bool:
+def is_wrapper_tensor(tensor: torch.Tensor) -> bool:
     """A tensor subclass that holds other tensors (torchao's quantized weights)."""
     return type(tensor) not in (torch.Tensor, nn.Parameter) and hasattr(tensor, "__tensor_flatten__")
 
@@ -26,7 +26,7 @@ def _unique(tensors: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
     seen: set[Any] = set()
     for t in tensors:
         keys = [("id", id(t))]
-        if t.device.type != "meta" and t.numel() > 0 and not _is_wrapper(t):  # a wrapper has no storage of its own
+        if t.device.type != "meta" and t.numel() > 0 and not is_wrapper_tensor(t):  # a wrapper has no storage of its own
             keys.append(("mem", t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)))
         if any(k in seen for k in keys):
             continue
@@ -55,7 +55,7 @@ def state_bytes(model: nn.Module) -> int:
 def stored_bytes(tensor: torch.Tensor) -> int:
     """numel · itemsize; a wrapper tensor subclass (a quantized weight: int8 data and float scales, whose own
     dtype is the float it stands for) counts the tensors it holds."""
-    if _is_wrapper(tensor):
+    if is_wrapper_tensor(tensor):
         inner, _ = tensor.__tensor_flatten__()
         return sum(stored_bytes(getattr(tensor, name)) for name in inner)
     return tensor.numel() * tensor.element_size()

@@ -32,6 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from basel_app.config.errors import CorruptArtifact, NonFiniteError
 from basel_app.files import OLD, PARTIAL, sha256_of
 from basel_app.finite import first_nonfinite
+from basel_app.lowrank import is_wrapper_tensor
 from basel_app.lowrank.thin import LowRankLinear
 from basel_app.models.lowrank_llama import MODEL_TYPE, LowRankLlamaConfig, LowRankLlamaForCausalLM
 from basel_app.models.quantization import METADATA_KEY, from_safetensors, is_quantized, to_safetensors
@@ -135,6 +136,11 @@ def load_compressed(
     return model, tokenizer
 
 
+def weight_bytes_on_disk(path: str | Path) -> int:
+    """Bytes of the weight files (*.safetensors) of a saved model."""
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
 def is_compressed_dir(path: str | Path) -> bool:
     """Whether `path` holds a model written by `save_compressed`."""
     try:
@@ -199,7 +205,7 @@ def _plain_tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tens
     """(name, tensor) of every stored tensor: a quantized weight's own tensors (data, scales) by their names."""
     plain = []
     for name, tensor in state.items():
-        if is_quantized({name: tensor}):
+        if is_wrapper_tensor(tensor):
             inner, _ = tensor.__tensor_flatten__()
             plain += [(f"{name}.{part}", getattr(tensor, part)) for part in inner]
         else:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from basel_app.config.names import QUANTIZE_SCHEMES
+from basel_app.lowrank import is_wrapper_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def quantize_linears(model: nn.Module, scheme: str) -> list[str]:
 
 
 def is_quantized(state: dict[str, torch.Tensor]) -> bool:
-    return any(type(t) not in (torch.Tensor, nn.Parameter) for t in state.values())
+    return any(is_wrapper_tensor(t) for t in state.values())
 
 
 def to_safetensors(state: dict[str, torch.Tensor], scheme: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -13,6 +13,7 @@ from torch import nn
 from basel_app.lowrank import state_bytes
 from basel_app.lowrank.thin import LowRankLinear
 from basel_app.models import load_compressed, save_compressed
+from basel_app.models.compressed_io import weight_bytes_on_disk
 from basel_app.models.quantization import METADATA_KEY, quantize_linears
 
 from ..tiny_llama import tiny_llama_config
@@ -22,10 +23,6 @@ from .tiny_models import RANKS, factor, make_llama
 def logits(model, input_ids):
     with torch.no_grad():
         return model(input_ids).logits
-
-
-def weight_bytes(directory) -> int:
-    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -61,7 +58,7 @@ def test_quantized_model_reloads_to_the_same_logits(tmp_path, tokenizer, input_i
     assert len(data) == len(names) and all(t.dtype == torch.int8 for t in data)
     # The model's state counts what a quantized weight holds (int8 data, scales), not numel x float32.
     assert state_bytes(loaded) == sum(t.numel() * t.element_size() for t in tensors.values())
-    assert weight_bytes(saved) < 0.8 * weight_bytes(float_dir)
+    assert weight_bytes_on_disk(saved) < 0.8 * weight_bytes_on_disk(float_dir)
 
 
 def test_a_quantized_model_refuses_a_dtype_and_a_scheme_that_is_not_one(tmp_path, lowrank_model, tokenizer):
