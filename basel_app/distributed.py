@@ -5,6 +5,7 @@ nothing and needs no branches:
 
     world_rank() / world_size()     this process's global rank and how many there are
     all_reduce_sum(tensors)         Σ over ranks (float64 on the wire: statistics are sums of squares)
+    share_of_global_mean(count)     the factor that turns a rank's mean into its part of the global mean
     broadcast_from_zero(tensors)    rank 0's values everywhere: a decision is made once
     require_same_everywhere(t, what)  a checksum gathered from every rank; a mismatch is an error naming `what`
     on_rank_zero(fn)                only rank 0 runs `fn` (a write, an evaluation); the others wait for it and
@@ -52,6 +53,18 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         out.append(flat[start : start + t.numel()].view(t.shape).to(t.device, t.dtype))
         start += t.numel()
     return out
+
+
+def share_of_global_mean(count: torch.Tensor) -> float:
+    """world_size × count / Σ_ranks count: a rank's mean loss over its `count` tokens, times this, is its share
+    of the mean over every rank's tokens once DDP averages the gradients. Exactly 1.0 on one process.
+
+    Without it DDP weights each rank's tokens by 1/(its own count), so two ranks holding 30 and 300 answer
+    tokens of one global batch train a different model than one process holding all 330."""
+    if not is_distributed():
+        return 1.0
+    (total,) = all_reduce_sum([count.detach().reshape(1).double()])
+    return world_size() * float(count) / max(float(total), 1.0)
 
 
 def broadcast_from_zero(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

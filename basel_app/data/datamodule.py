@@ -287,13 +287,15 @@ class TaskDataModule(L.LightningDataModule):
 
         Importance estimates (BSI) and calibration statistics (the one-shot baselines) come from here,
         so they only ever see the training split, tokenized exactly as for training. The draw does not
-        touch the training sampler, so training order and resume are unaffected.
+        touch the training sampler, so training order and resume are unaffected. A batch is a global one
+        (``train_batch_size × world_size`` examples, the same on every rank): the estimators split the batches
+        across ranks, so DDP scores what one process with the same global batch would.
         """
         self._require_setup(self.train_dataset)
         if count < 1:
             raise ValueError(f"count={count} is not allowed; ask for at least 1 calibration batch")
         order = torch.randperm(len(self.train_dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-        size = self.train_batch_size
+        size = self.train_batch_size * self.world_size
         chunks = [order[i : i + size] for i in range(0, len(order), size)][:count]
         return [self.collate([self.train_dataset[j] for j in chunk]) for chunk in chunks]
 

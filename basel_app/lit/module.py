@@ -15,9 +15,10 @@ from torch import nn
 from torchmetrics import SumMetric
 
 from basel_app.config.errors import NonFiniteError
+from basel_app.distributed import share_of_global_mean
 from basel_app.evaluation.answer_loss import answer_nll, loss_summary
 from basel_app.lowrank import set_trainable
-from basel_app.methods.distillation import Distillation
+from basel_app.methods.distillation import IGNORE_INDEX, Distillation
 
 TrainableSelector = Callable[[nn.Module], list[nn.Parameter]]
 
@@ -68,14 +69,14 @@ class CompressionModule(AnswerLossModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.model(**batch)
-        loss = out.loss  # mean NLL over the answer tokens of the batch
+        loss = out.loss  # mean NLL over the answer tokens of the batch (of this rank's part, under DDP)
         batch_size = batch["input_ids"].shape[0]
         if self.distill is not None:
             self.log("train/ce", loss, batch_size=batch_size)
             loss, kl = self.distill.loss(loss, out.logits, batch)
             self.log("train/distill_kl", kl, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        return loss
+        return loss * share_of_global_mean((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def configure_model(self) -> None:
         """Freeze all but the selected parameters here, before the strategy wraps the model: DDP registers
