@@ -22,7 +22,7 @@ runs again. Unfinished writes of a killed attempt are removed first. SIGTERM sav
 during training and ends the run with `Preempted` (exit status 75); a NaN or inf in training stops it with
 `NonFiniteError` (exit status 3) unless `trainer.on_nonfinite=skip`.
 
-Under `trainer.strategy=ddp` every process runs this same function (started by `launch_processes`, first);
+Under `trainer.strategy=ddp` every process runs this same function (started by `processes`, first);
 they train together, each on its part of every batch, and agree on every mask (`PruneScheduler`). Only
 rank 0 evaluates and writes files; the others wait for it and take its results (`on_rank_zero`)."""
 
@@ -65,7 +65,7 @@ from basel_app.lit.callbacks.nonfinite_guard import NonFiniteGuard
 from basel_app.lit.checkpoints import newest_good_checkpoint
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
-from basel_app.lit.trainer import build_logger, build_trainer, launch_processes, resolve_precision, single_process
+from basel_app.lit.trainer import build_logger, build_trainer, processes, resolve_precision, single_process
 from basel_app.lowrank import (
     compression_ratio,
     count_parameters,
@@ -144,8 +144,7 @@ class RunContext:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    launch_processes(cfg.trainer)
-    with Preemption().installed() as preemption:
+    with processes(cfg.trainer), Preemption().installed() as preemption:
         return _run(cfg, preemption)
 
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import read_write
 
 from basel_app.config.schema import LoggerConfig, TrainerConfig
 from basel_app.lit.checkpoints import StageCheckpoints
@@ -69,8 +76,14 @@ def build_logger(cfg: LoggerConfig, output_dir: Path, run_name: str) -> Logger:
     return WandbLogger(project=cfg.project, name=run_name, save_dir=str(output_dir), mode=mode)
 
 
-def launch_processes(cfg: TrainerConfig) -> None:
-    """Under ddp, start the other processes now, at the top of the run, and join them in one process group.
+# What Lightning's launcher puts in the environment of the process that starts the others.
+LAUNCH_ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def processes(cfg: TrainerConfig) -> Iterator[None]:
+    """Under ddp, start the other processes at the top of the run and join them in one process group; at its
+    end leave the group and wait for them, so that the next job of a Hydra sweep starts its own.
 
     Lightning's launcher runs this same command line again once per extra local process (Hydra's run dir
     passed on, so every rank works in one output dir); each runs the whole pipeline, and the Trainers of
@@ -78,10 +91,49 @@ def launch_processes(cfg: TrainerConfig) -> None:
     step before training (loading, evaluation, the saves) can already wait for rank 0 or share its result.
     """
     if cfg.world_size == 1:
+        yield
         return
+    environment = {key: os.environ.get(key) for key in LAUNCH_ENVIRONMENT}
     fabric = L.Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy="ddp")
-    fabric.launch()
+    with _this_sweep_job_as_a_run():
+        fabric.launch()
     log.info("rank %d of %d started", fabric.global_rank, fabric.world_size)
+    children = getattr(fabric.strategy.launcher, "procs", [])  # the processes this one started, if any
+    try:
+        yield
+    except BaseException:
+        for child in children:  # they may be waiting in a collective for this process: never wait on them
+            child.kill()
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for child in children:
+            child.wait()
+        for key, value in environment.items():  # else the next job would take itself for a started child
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _this_sweep_job_as_a_run() -> Iterator[None]:
+    """Within a Hydra sweep (`-m`), the command line and run dir the launcher gives the other processes are
+    this job's: its own overrides, no `-m`, its output dir. Lightning passes on `sys.argv` and Hydra's
+    `run.dir`, which would start the whole sweep again in every child, in a sweep dir of its own wherever
+    the dir names `${now:...}`."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        yield
+        return
+    hydra_cfg, argv = HydraConfig.get(), sys.argv
+    sys.argv = [argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 def single_process(cfg: TrainerConfig) -> TrainerConfig:
