@@ -48,7 +48,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from basel_app.distributed import all_reduce_sum, world_rank, world_size
 from basel_app.lowrank import BaselLinear, basel_layers
-from basel_app.methods.taylor import TaylorStatistics, estimate_taylor_statistics, taylor_score_stderr, taylor_scores
+from basel_app.methods.taylor import (
+    TaylorStatistics,
+    estimate_taylor_statistics,
+    refuse_zero_gradient,
+    taylor_score_stderr,
+    taylor_scores,
+)
 from basel_app.modes import eval_mode
 
 Batch = dict[str, torch.Tensor]
@@ -196,6 +202,7 @@ def outer_product_statistics(
     examples, tokens = (int(c) for c in all_reduce_sum([torch.tensor([examples, tokens], dtype=torch.float64)])[0])
     if not examples:
         raise ValueError("no example with answer tokens to estimate the Fisher / GNB statistics on")
+    refuse_zero_gradient(grad.sum)
     g, g_se = grad.per_token(examples, tokens)
     h, h_se = curvature.per_token(examples, tokens)
     return TaylorStatistics(g, h, h_se, examples, g_se)

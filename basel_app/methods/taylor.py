@@ -157,13 +157,19 @@ def estimate_taylor_statistics(
     n_batches, samples = int(counts[0]), int(counts[1])
     if not n_batches:
         raise ValueError("no batches to estimate the Taylor statistics on")
-    if all(not bool(g.any()) for g in grad_sum):
-        raise ValueError("the gradient w.r.t. every parameter is exactly zero on every batch: the scores would "
-                         "rank on nothing (no answer tokens in the batches, or parameters the loss does not reach)")
+    refuse_zero_gradient(grad_sum)
     mean_grad = [g / n_batches for g in grad_sum]
     mean = [s / samples for s in diag_sum]
     return TaylorStatistics(mean_grad, mean, _stderr(diag_sq, mean, samples), samples,
                             _stderr(grad_sq, mean_grad, n_batches))
+
+
+def refuse_zero_gradient(grads: Sequence[torch.Tensor]) -> None:
+    """A gradient that is exactly zero everywhere is a wiring fault (a sharded or detached parameter, no answer
+    tokens), not a measurement: scores built on it would rank bases on nothing."""
+    if all(not bool(g.any()) for g in grads):
+        raise ValueError("the gradient w.r.t. every parameter is exactly zero on every batch: the scores would "
+                         "rank on nothing (no answer tokens in the batches, or parameters the loss does not reach)")
 
 
 def _stderr(sums_of_squares: list[torch.Tensor], means: list[torch.Tensor], count: int) -> list[torch.Tensor]:

@@ -244,3 +244,12 @@ def test_estimator_costs_and_bad_settings():
         TaylorImportance(hessian="kfac")
     with pytest.raises(ValueError, match="0 <= ema < 1"):
         TaylorImportance(ema=1.0)
+
+
+@pytest.mark.parametrize("hessian", ["hutchinson", "fisher", "gnb"])
+def test_a_gradient_that_is_zero_everywhere_is_refused_not_ranked_on(hessian):
+    model = pruned_llama(seed=4)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # constant logits: the loss no longer depends on any s̃
+    with pytest.raises(ValueError, match="exactly zero on every batch"):
+        TaylorImportance(hessian, probes=1).statistics(model, [task_batch(5)], contextlib.nullcontext, seed=0)
