@@ -62,20 +62,29 @@ def evaluate_on_task(
         context_length=eval_cfg.context_length, stride=eval_cfg.stride, code_timeout_s=eval_cfg.code_timeout_s,
         system_prompt=datamodule.task.system_prompt, max_length=datamodule.max_length,
     )
-    # The loss on training records held out for choosing settings (task.validation_samples).
-    held_out = datamodule.validation_dataset
-    with trainer.precision_plugin.forward_context():
-        validation = None if held_out is None else answer_loss(model, tokenizer, held_out.items,
-                                                               datamodule.eval_batch_size)
+    # The rest runs outside Lightning, on the trainer's device: validate's teardown has moved the model back to
+    # the CPU, where a GPU run's generation would take hours.
+    home = next(model.parameters()).device
+    model.to(trainer.strategy.root_device)
+    try:
+        # The loss on training records held out for choosing settings (task.validation_samples).
+        held_out = datamodule.validation_dataset
+        with trainer.precision_plugin.forward_context():
+            validation = None if held_out is None else answer_loss(model, tokenizer, held_out.items,
+                                                                   datamodule.eval_batch_size)
+        benchmarks = run_benchmarks(model, tokenizer, benchmark_names(eval_cfg, datamodule.task.name), settings,
+                                    trainer.precision_plugin.forward_context)
+    finally:
+        model.to(home)
     return {
         "answer_loss": result["eval/answer_loss"],
         "answer_ppl": result["eval/answer_ppl"],
         "answer_tokens": int(result["eval/answer_tokens"]),
         "items": len(datamodule.eval_dataset),
         "precision": trainer.precision,
+        "device": str(trainer.strategy.root_device),
         "validation": validation,
-        "benchmarks": run_benchmarks(model, tokenizer, benchmark_names(eval_cfg, datamodule.task.name), settings,
-                                     trainer.precision_plugin.forward_context),
+        "benchmarks": benchmarks,
         "seconds": round(time.perf_counter() - start, 2),
     }
 

@@ -97,3 +97,20 @@ def test_validation_split_is_held_out_of_training_deterministically(tokenizer):
 def test_the_dense_reference_refuses_a_parameter_budget():
     with pytest.raises(ConfigError, match="method=finetune compresses nothing"):
         MethodConfig(name="finetune", compression_ratio=2.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent device machine)")
+def test_on_a_gpu_the_benchmarks_after_lightnings_validate_run_on_the_gpu(tiny_model, tokenizer, tmp_path, monkeypatch):
+    seen = []
+
+    def spy(model, *args, **kwargs):
+        seen.append(next(model.parameters()).device.type)
+        return {}
+
+    monkeypatch.setattr("basel_app.evaluate.run_benchmarks", spy)
+    dm = datamodule(tokenizer, max_train_samples=4, max_eval_samples=3, validation_samples=2)
+    dm.setup("validate")
+    result = evaluate_on_task(tiny_model, tokenizer, dm, EvalConfig(benchmarks=["gsm8k_loss"], limit=3),
+                              TrainerConfig(accelerator="gpu", enable_progress_bar=False), None, tmp_path)
+    assert seen == ["cuda"] and result["device"].startswith("cuda")
+    assert next(tiny_model.parameters()).device.type == "cpu"  # handed back where the pipeline keeps it
