@@ -98,23 +98,16 @@ def processes(cfg: TrainerConfig) -> Iterator[None]:
     with _this_sweep_job_as_a_run():
         fabric.launch()
     log.info("rank %d of %d started", fabric.global_rank, fabric.world_size)
-    children = getattr(fabric.strategy.launcher, "procs", [])  # the processes this one started, if any
-    try:
-        yield
-    except BaseException:
-        for child in children:  # they may be waiting in a collective for this process: never wait on them
-            child.kill()
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        for child in children:
-            child.wait()
-        for key, value in environment.items():  # else the next job would take itself for a started child
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    yield  # on an error, leave as Lightning does: its observer ends the processes that fail in turn
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for child in getattr(fabric.strategy.launcher, "procs", []):  # the processes this one started, if any
+        child.wait()
+    for key, value in environment.items():  # else the next job would take itself for a started child
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @contextlib.contextmanager
