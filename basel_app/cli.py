@@ -3,13 +3,16 @@ ends in an error marked as failed in its output dir."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from basel_app.config.errors import ConfigError, NonFiniteError, Preempted
 from basel_app.distributed import world_rank
@@ -20,6 +23,25 @@ log = logging.getLogger("basel_app")
 # Left in a run dir by a run that ended in an error: {"error": "<type>: <message>"}. A run killed outright
 # (SIGKILL, a lost node) leaves neither it nor metrics.json.
 FAILED_MARKER = "failed.json"
+
+
+@contextlib.contextmanager
+def sweep_job_as_a_run() -> Iterator[None]:
+    """Within a Hydra sweep (`-m`), the command line and run dir are this job's: its own overrides, no `-m`,
+    its output dir. Lightning's DDP launcher passes `sys.argv` and Hydra's `run.dir` on to the processes it
+    starts, which would otherwise start the whole sweep again in every one, in a sweep dir of its own
+    wherever the dir names `${now:...}`. Outside a sweep it changes nothing."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        yield
+        return
+    hydra_cfg, argv = HydraConfig.get(), sys.argv
+    sys.argv = [argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 class _DropLightningTips(logging.Filter):

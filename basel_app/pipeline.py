@@ -42,6 +42,7 @@ import lightning as L
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import nn
 
+from basel_app.cli import sweep_job_as_a_run
 from basel_app.clock import PhaseClock
 from basel_app.config.errors import ConfigError, CorruptArtifact
 from basel_app.config.names import PRUNING_SCORERS
@@ -144,7 +145,7 @@ class RunContext:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    with processes(cfg.trainer), Preemption().installed() as preemption:
+    with sweep_job_as_a_run(), processes(cfg.trainer), Preemption().installed() as preemption:
         return _run(cfg, preemption)
 
 

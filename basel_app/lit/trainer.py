@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,11 +14,8 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from omegaconf import read_write
 
 from basel_app.config.schema import LoggerConfig, TrainerConfig
 from basel_app.lit.checkpoints import StageCheckpoints
@@ -86,7 +82,8 @@ def processes(cfg: TrainerConfig) -> Iterator[None]:
     end leave the group and wait for them, so that the next job of a Hydra sweep starts its own.
 
     Lightning's launcher runs this same command line again once per extra local process (Hydra's run dir
-    passed on, so every rank works in one output dir); each runs the whole pipeline, and the Trainers of
+    passed on, so every rank works in one output dir; within a sweep, `cli.sweep_job_as_a_run` makes that
+    command line this job's); each runs the whole pipeline, and the Trainers of
     every stage find the group already there. Starting them here rather than at the first `fit` means every
     step before training (loading, evaluation, the saves) can already wait for rank 0 or share its result.
     """
@@ -95,8 +92,7 @@ def processes(cfg: TrainerConfig) -> Iterator[None]:
         return
     environment = {key: os.environ.get(key) for key in LAUNCH_ENVIRONMENT}
     fabric = L.Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy="ddp")
-    with _this_sweep_job_as_a_run():
-        fabric.launch()
+    fabric.launch()
     log.info("rank %d of %d started", fabric.global_rank, fabric.world_size)
     yield  # on an error, leave as Lightning does: its observer ends the processes that fail in turn
     if dist.is_initialized():
@@ -108,25 +104,6 @@ def processes(cfg: TrainerConfig) -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-@contextlib.contextmanager
-def _this_sweep_job_as_a_run() -> Iterator[None]:
-    """Within a Hydra sweep (`-m`), the command line and run dir the launcher gives the other processes are
-    this job's: its own overrides, no `-m`, its output dir. Lightning passes on `sys.argv` and Hydra's
-    `run.dir`, which would start the whole sweep again in every child, in a sweep dir of its own wherever
-    the dir names `${now:...}`."""
-    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
-        yield
-        return
-    hydra_cfg, argv = HydraConfig.get(), sys.argv
-    sys.argv = [argv[0], *hydra_cfg.overrides.task]
-    with read_write(hydra_cfg):
-        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
-    try:
-        yield
-    finally:
-        sys.argv = argv
 
 
 def single_process(cfg: TrainerConfig) -> TrainerConfig:
