@@ -341,8 +341,9 @@ def fit_stage(
     trainer = build_trainer(ctx.cfg.trainer, max_epochs=epochs, logger=ctx.logger, callbacks=[*callbacks, guard],
                             checkpoint_dir=stage_dir, root_dir=ctx.out, preemption=ctx.preemption)
     module.model.train()
+    resume_from = on_rank_zero(lambda: newest_good_checkpoint(stage_dir))  # it removes bad ones: one rank only
     with ctx.preemption.deferred():
-        trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=newest_good_checkpoint(stage_dir), weights_only=True)
+        trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=resume_from, weights_only=True)
     return trainer
 
 

@@ -3,9 +3,9 @@
 `StageCheckpoints` saves every N optimizer steps, at every epoch end (Lightning's `ModelCheckpoint` takes one
 trigger only: `every_n_train_steps` turns its epoch-end saving off) and when SIGTERM asks the run to stop,
 then raises `Preempted`. Each checkpoint gets a `<name>.sha256` beside it, written after it (`sha256sum -c`
-reads it), and the newest `keep` are kept. `newest_good_checkpoint` is the resume rule: the newest checkpoint
-whose sha256 matches; one without a checksum (its save was cut off) or with a wrong one is logged in one
-line naming it, removed, and the one before it is tried.
+reads it), and the newest `keep` are kept; under DDP rank 0 alone writes and removes. `newest_good_checkpoint`
+is the resume rule: the newest checkpoint whose sha256 matches; one without a checksum (its save was cut off)
+or with a wrong one is logged in one line naming it, removed, and the one before it is tried.
 """
 
 from __future__ import annotations
@@ -62,10 +62,14 @@ class StageCheckpoints(Checkpoint):
         if self._saved_step == trainer.global_step:
             return path
         trainer.save_checkpoint(path, weights_only=False)  # the optimizer state too: a resume is exact
-        atomic_write_text(checksum_file(path), f"{sha256_of(path)}  {path.name}\n")
+        # Lightning writes the file on rank 0 alone; the checksum and the clean-up too, or ranks race on the
+        # same files (one's unlink between another's glob and stat killed that rank under DDP).
+        if trainer.is_global_zero:
+            atomic_write_text(checksum_file(path), f"{sha256_of(path)}  {path.name}\n")
+            for old in checkpoints_newest_first(self.directory)[self.keep:]:
+                remove_checkpoint(old)
+        trainer.strategy.barrier("StageCheckpoints.save")  # every rank returns once the checkpoint is trusted
         self._saved_step = trainer.global_step
-        for old in checkpoints_newest_first(self.directory)[self.keep:]:
-            remove_checkpoint(old)
         return path
 
 

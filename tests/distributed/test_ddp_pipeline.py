@@ -40,7 +40,9 @@ def sweep(cwd: Path, overrides: list[str]) -> str:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
         raise AssertionError(f"the sweep hung (killed after 300 s): {output[-3000:]}") from None
-    assert proc.returncode == 0, output[-3000:]
+    # The other rank writes its own log: on a failure its end says why it stopped.
+    others = "".join(f"\n--- {log} ---\n{log.read_text()[-2000:]}" for log in cwd.rglob("train_ddp_process_*.log"))
+    assert proc.returncode == 0, output[-3000:] + others
     return output
 
 

@@ -4,6 +4,7 @@ takes the newest whose sha256 matches, and names (and removes) every one it cann
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -12,7 +13,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from basel_app.config.schema import TrainerConfig
-from basel_app.lit.checkpoints import checksum_file, checkpoints_newest_first, newest_good_checkpoint
+from basel_app.lit.checkpoints import (
+    StageCheckpoints,
+    checksum_file,
+    checkpoints_newest_first,
+    newest_good_checkpoint,
+)
 from basel_app.lit.trainer import build_trainer
 
 
@@ -75,3 +81,19 @@ def test_a_dangling_last_link_is_logged_and_ignored(tmp_path, caplog):
         assert newest_good_checkpoint(directory) == directory / "epoch=0-step=3.ckpt"
     assert any("dangling" in r.getMessage() and "last.ckpt" in r.getMessage() for r in caplog.records)
     assert not (directory / "last.ckpt").is_symlink()
+
+
+def test_under_ddp_only_rank_zero_writes_checksums_and_removes_old_checkpoints(tmp_path):
+    """Every rank calls `save`; Lightning writes the file on rank 0 alone, and so must the rest be, or one
+    rank's unlink lands between another's glob and stat (a DDP run lost its rank 1 so)."""
+    directory = tmp_path / "ckpt"
+    fit(directory, epochs=3, every_n_steps=50)  # 2 kept, with checksums, as rank 0 left them
+    before = sorted(p.name for p in directory.iterdir())
+    barriers: list[str] = []
+    rank_one = SimpleNamespace(is_global_zero=False, global_step=12, current_epoch=3,
+                               save_checkpoint=lambda path, weights_only: None,  # Lightning: rank 0 writes
+                               strategy=SimpleNamespace(barrier=barriers.append))
+    path = StageCheckpoints(directory, every_n_steps=1, keep=1).save(rank_one)
+    assert path == directory / "epoch=3-step=12.ckpt"
+    assert sorted(p.name for p in directory.iterdir()) == before  # nothing written, nothing removed
+    assert barriers == ["StageCheckpoints.save"]  # and it waits for rank 0 to have done both
