@@ -65,6 +65,7 @@ from basel_app.lit.callbacks.keep_phase import kept_bases, kept_singular_values
 from basel_app.lit.callbacks.nonfinite_guard import NonFiniteGuard
 from basel_app.lit.checkpoints import newest_good_checkpoint
 from basel_app.lit.module import CompressionModule
+from basel_app.lit.schedule import LRSchedule
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer, processes, resolve_precision, single_process
 from basel_app.lowrank import (
@@ -327,7 +328,9 @@ def finetune(
 ) -> None:
     """Task fine-tuning of the `select`ed parameters, in place, resumable from `stage_dir` (stages 0 and 2;
     stage 2 distils from `distill`'s teacher when given)."""
-    module = CompressionModule(model, select, lr, ctx.cfg.method.weight_decay, distill)
+    method = ctx.cfg.method
+    schedule = LRSchedule(method.finetune_warmup, method.finetune_decay)
+    module = CompressionModule(model, select, lr, method.weight_decay, distill, schedule)
     fit_stage(ctx, module, [], epochs, stage_dir, lambda step: phase)
 
 

@@ -36,6 +36,7 @@ STRATEGIES = ("auto", "ddp")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 POST_FINETUNE_PARAMS = ("all", "lowrank")
+LR_DECAYS = ("constant", "cosine")  # a fine-tuning stage's lr after its warm-up (lit/schedule.py)
 # The linear layers of one Llama decoder block.
 BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Weight-only quantization of the saved model (basel_app/models/quantization.py)

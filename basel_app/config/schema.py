@@ -30,6 +30,7 @@ from basel_app.config.names import (
     HVP_MODES,
     LLAMA_LINEARS,
     LOGGERS,
+    LR_DECAYS,
     METHODS,
     MODEL_SOURCES,
     NONFINITE_POLICIES,
@@ -147,11 +148,11 @@ class ImportanceConfig:
     """BSI's Taylor importance (METHODS.md, BSI): M batches, the diag(H) estimator (K Hutchinson probes, ε
     scale, HVP mode; or Fisher / GNB outer products), a floor on H_ii and an EMA across pruning events."""
 
-    batches: int = 4  # M: training batches the statistics are averaged over, per pruning event
+    batches: int = 32  # M: training batches the statistics are averaged over, per pruning event
     probes: int = 8  # K: Rademacher probes per batch (2 gradient evaluations each)
     eps_scale: float = 1e-3  # ε per layer = eps_scale × RMS of its kept s̃ (see BSIImportance)
     hvp: str = "finite_difference"  # or double_backward: the exact product, for validation on small models
-    hessian: str = "hutchinson"  # diag(H) estimator: hutchinson (the paper) | fisher | gnb (Gauss-Newton-Bartlett)
+    hessian: str = "gnb"  # diag(H) estimator: gnb (Gauss-Newton-Bartlett) | fisher | hutchinson (the paper)
     curvature_floor: float | None = 0.0  # H_ii is clamped from below to this; null: the raw estimate
     ema: float = 0.0  # β: per-basis EMA of g and diag(H) across pruning events; 0 = this event's only
 
@@ -216,6 +217,10 @@ class MethodConfig:
     post_finetune_lr: float = 2e-5
     weight_decay: float = 0.0  # decay would shrink s̃ and bias the magnitude criterion
     post_finetune_params: str = "all"  # all | lowrank (only the thin factors)
+    # Stages 0 and 2 (pre- and post-fine-tuning): a linear lr warm-up over this fraction of the stage's steps,
+    # then constant or cosine decay (basel_app/lit/schedule.py); stage 1 keeps a constant lr.
+    finetune_warmup: float = 0.0
+    finetune_decay: str = "constant"
     distill: DistillConfig = field(default_factory=DistillConfig)  # teacher: the model stage 1 starts from
 
     @property
@@ -288,6 +293,9 @@ class MethodConfig:
             _require(getattr(self, key) > 0, f"method.{key}={getattr(self, key)} is not allowed; it must be > 0")
         _require(self.weight_decay >= 0, f"method.weight_decay={self.weight_decay} is not allowed; it must be >= 0")
         _one_of("method.post_finetune_params", self.post_finetune_params, POST_FINETUNE_PARAMS)
+        _require(0 <= self.finetune_warmup < 1, f"method.finetune_warmup={self.finetune_warmup} is not allowed; "
+                 "it is the fraction of a fine-tuning stage's steps spent warming up, in [0, 1)")
+        _one_of("method.finetune_decay", self.finetune_decay, LR_DECAYS)
 
 
 @dataclass

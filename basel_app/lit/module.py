@@ -17,6 +17,7 @@ from torchmetrics import SumMetric
 from basel_app.config.errors import NonFiniteError
 from basel_app.distributed import share_of_global_mean
 from basel_app.evaluation.answer_loss import answer_nll, loss_summary
+from basel_app.lit.schedule import LRSchedule
 from basel_app.lowrank import set_trainable
 from basel_app.methods.distillation import IGNORE_INDEX, Distillation
 
@@ -52,16 +53,18 @@ class CompressionModule(AnswerLossModule):
     """The same LM trained on the task's answer loss; `select_trainable` names what trains.
 
     With `distill`, the training loss mixes in the KL to a frozen teacher's distribution; the teacher is
-    held outside the module tree, so it is in no checkpoint and no optimizer, and stays in eval mode."""
+    held outside the module tree, so it is in no checkpoint and no optimizer, and stays in eval mode.
+    `schedule` shapes the lr over the stage's optimizer steps (default: constant)."""
 
     def __init__(
         self, model: nn.Module, select_trainable: TrainableSelector, lr: float, weight_decay: float,
-        distill: Distillation | None = None,
+        distill: Distillation | None = None, schedule: LRSchedule = LRSchedule(),
     ) -> None:
         super().__init__(model)
         self.select_trainable = select_trainable
         self.lr, self.weight_decay = lr, weight_decay
         self.distill = distill
+        self.schedule = schedule
 
     def on_fit_start(self) -> None:
         if self.distill is not None:  # Lightning moves only registered modules to the device
@@ -86,5 +89,10 @@ class CompressionModule(AnswerLossModule):
         if not self.trainable:
             raise RuntimeError("nothing to train: the trainable-parameter selector returned no parameters")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        optimizer = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.weight_decay)
+        if self.schedule.is_constant:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)  # of this process: every rank steps alike
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule.factor(step, total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

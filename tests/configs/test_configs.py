@@ -87,6 +87,8 @@ def test_ablations_compose_with_method(compose_config):
         ("method=bsi method.importance.ema=-0.1", "method.importance.ema=-0.1 is not allowed"),
         ("method.pre_finetune_epochs=-1", "method.pre_finetune_epochs=-1 is not allowed; it must be >= 0"),
         ("method.pre_finetune_lr=0", "method.pre_finetune_lr=0.0 is not allowed; it must be > 0"),
+        ("method.finetune_warmup=1", "method.finetune_warmup=1.0 is not allowed; it is the fraction of a fine-tuning"),
+        ("method.finetune_decay=linear", "method.finetune_decay='linear' is not allowed; choose one of: constant, cosine"),
         ("method.compression_ratio=0.5", "method.compression_ratio=0.5 is not allowed; it must be > 1"),
         ("method.compression_ratio=1", "method.compression_ratio=1.0 is not allowed; it must be > 1"),
         ("method.compression_ratio=null method.target_params=-5", "method.target_params=-5 is not allowed"),
@@ -183,6 +185,20 @@ def test_cli_prints_each_log_line_once(tmp_path):
     assert any("Seed set to 0" in m for m in messages) and any("pruning event" in m for m in messages)
     assert len(messages) == len(set(messages))
     assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("INFO: ")]
+
+
+def test_bsi_estimator_defaults_to_gnb_within_the_papers_cost_and_scale_paper_restores_hutchinson(compose_config):
+    from basel_app.methods.importance import ESTIMATOR_COSTS
+
+    def importance(*overrides: str) -> tuple[str, int, int]:
+        config = OmegaConf.to_object(compose_config("method=bsi", *overrides)).method.importance
+        return config.hessian, config.batches, config.probes
+
+    method_file = OmegaConf.load(CONF / "method" / "bsi.yaml").importance
+    assert (method_file.hessian, method_file.batches) == ("gnb", 32)
+    assert ESTIMATOR_COSTS["gnb"](32, 8) == 64 <= ESTIMATOR_COSTS["hutchinson"](4, 8) == 68  # the paper's cost
+    assert importance("scale=paper") == ("hutchinson", 4, 8)  # the paper's estimator (scale_method/paper_bsi.yaml)
+    assert importance("scale=cpu")[:2] == ("gnb", 4)  # the CPU profile's cheaper setting (scale_method/cpu_bsi.yaml)
 
 
 def test_basis_init_defaults_to_the_papers_svd_and_every_data_aware_one_has_a_factorisation(compose_config):
