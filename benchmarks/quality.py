@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,8 @@ def shared_overrides(args: argparse.Namespace) -> list[str]:
         f"eval.benchmarks=[{','.join(benchmarks)}]",
         f"method.post_finetune_epochs={args.post_finetune_epochs}",
         f"method.post_finetune_lr={args.post_finetune_lr}",
+        f"method.finetune_warmup={args.post_finetune_warmup}",
+        f"method.finetune_decay={args.post_finetune_decay}",
         "logger=csv",
         "trainer.enable_progress_bar=false",
         *args.overrides,
@@ -113,8 +117,9 @@ def command(run: Run, run_dir: Path, shared: list[str]) -> list[str]:
             f"hydra.run.dir={run_dir}"]
 
 
-def execute(run: Run, run_dir: Path, argv: list[str], time_limit_s: float) -> dict[str, Any]:
-    """Run one point unless its metrics.json exists; its output goes to run.log beside the results."""
+def execute(run: Run, run_dir: Path, argv: list[str], time_limit_s: float, threads: int | None = None) -> dict[str, Any]:
+    """Run one point unless its metrics.json exists; its output goes to run.log beside the results.
+    `threads`: the point's torch/OpenMP threads, when several points share the machine."""
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
         print(f"[skip] {run.name}: {metrics_path} exists", flush=True)
@@ -125,7 +130,8 @@ def execute(run: Run, run_dir: Path, argv: list[str], time_limit_s: float) -> di
     start = time.perf_counter()
     try:
         with open(run_dir / "run.log", "w") as log:
-            result = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=time_limit_s)
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+            result = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=time_limit_s, env=env)
     except subprocess.TimeoutExpired:
         print(f"[timeout] {run.name} after {time_limit_s:.0f} s", flush=True)
         return {"status": "timeout", "seconds": round(time.perf_counter() - start, 1)}
@@ -224,13 +230,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ratios", nargs="+", type=float, default=RATIOS, help="method.compression_ratio values")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), help="run this ablation's variants instead")
     parser.add_argument("--model", default="smollm2_135m", help="a conf/model option")
-    parser.add_argument("--max-train-samples", type=int, default=64)
+    parser.add_argument("--max-train-samples", type=int, default=256)
     parser.add_argument("--validation-samples", type=int, default=32, help="training records held out for choosing settings")
     parser.add_argument("--eval-items", type=int, default=100, help="GSM8K test and MATH500 items (the first N)")
     parser.add_argument("--post-finetune-epochs", type=int, default=1)
-    parser.add_argument("--post-finetune-lr", type=float, default=2e-5)
+    parser.add_argument("--post-finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--post-finetune-warmup", type=float, default=0.1, help="method.finetune_warmup")
+    parser.add_argument("--post-finetune-decay", default="cosine", help="method.finetune_decay: constant | cosine")
     parser.add_argument("--accuracy", action="store_true", help="also greedy GSM8K/MATH accuracy (~10 s an item on a CPU)")
     parser.add_argument("--time-limit-min", type=float, default=30.0, help="a run still going after this is stopped")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="points run at once, each on cores/jobs threads (results do not depend on it)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides shared by every run (after --)")
     return parser.parse_args(argv)
@@ -247,7 +257,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for argv_ in commands.values():
             print(shlex.join(argv_[1:]))
         return {}
-    status = {run.name: execute(run, out / run.name, commands[run.name], args.time_limit_min * 60) for run in runs}
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs} is not allowed; use 1 or more")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    with ThreadPoolExecutor(args.jobs) as pool:  # each point is its own process; threads only wait on them
+        done = pool.map(lambda run: execute(run, out / run.name, commands[run.name], args.time_limit_min * 60, threads),
+                        runs)
+        status = {run.name: result for run, result in zip(runs, done)}
     rows = collect(runs, out)
     results = {
         "shared_overrides": shared,

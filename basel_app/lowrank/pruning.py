@@ -31,14 +31,19 @@ def iterations_per_pruning(iterations_per_epoch: int, pruning_epochs: int, pruni
 def pruning_events_due(step_in_phase: int, phase_steps: int, every: int, times: int) -> int:
     """How many pruning events should have happened after `step_in_phase` optimizer steps of the phase.
 
-    `min(times, step_in_phase // every)`, except that at the end of the phase (`step_in_phase >=
-    phase_steps`) all `times` events are due: rounding `every` up can make `every · times > phase_steps`,
-    and the final keep ratio must still be reached. A pure function of the step, so resumed runs agree.
+    Event i (from 0) is due once i·`every` steps of the phase have run: the first as the phase starts, each
+    later one `every` steps after the one before, so that every event, the last included, is followed by
+    `every` steps that retrain what it removed ("after each pruning step, the learnable parameters are
+    fine-tuned to compensate", Basel §3). Counting events at the ends of the intervals instead would put
+    the last, most damaging one after the phase's last step, with no compensation before recomposition.
+    At the end of the phase all `times` events are due: rounding `every` up can leave fewer than `times`
+    interval starts in the phase, and the final keep ratio must still be reached. A pure function of the
+    step, so resumed runs agree.
     """
     if every < 1:
         raise ValueError(f"every={every} must be >= 1 optimizer step")
-    if step_in_phase <= 0:
+    if step_in_phase < 0:
         return 0
     if step_in_phase >= phase_steps:
         return times
-    return min(times, step_in_phase // every)
+    return min(times, step_in_phase // every + 1)

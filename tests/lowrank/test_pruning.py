@@ -68,16 +68,22 @@ def test_iterations_per_pruning_is_the_paper_formula():
     assert iterations_per_pruning(10, 2, 3) == 7
 
 
+def test_each_event_is_due_at_the_start_of_its_interval_so_the_last_is_followed_by_training():
+    phase_steps, times, every = 16, 4, 4
+    due = [pruning_events_due(step, phase_steps, every, times) for step in range(-1, phase_steps + 1)]
+    assert due == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4]
+    last_event_step = due.index(times) - 1  # steps of the phase run before the last event
+    assert phase_steps - last_event_step == every  # `every` steps retrain after it, as after every other
+
+
 def test_events_due_reaches_all_at_phase_end_when_rounding_overshoots():
-    phase_steps, times = 14, 4
-    every = iterations_per_pruning(7, 2, times)
-    assert every * times > phase_steps  # the rounding case
+    phase_steps, times = 6, 4
+    every = iterations_per_pruning(3, 2, times)  # 1.5 -> 2: starts 0, 2, 4 and 6, the last at the phase's end
+    assert every * (times - 1) >= phase_steps  # the rounding case
     due = [pruning_events_due(step, phase_steps, every, times) for step in range(phase_steps + 1)]
-    assert due[0] == 0 and due[3] == 0 and due[4] == 1 and due[8] == 2 and due[12] == 3
-    assert due[13] == 3 and due[14] == times
-    assert all(a <= b for a, b in zip(due, due[1:], strict=False)), "events never go backwards"
+    assert due == [1, 1, 2, 2, 3, 3, times]
     assert pruning_events_due(20, phase_steps, every, times) == times
 
 
 def test_events_due_never_exceeds_times():
-    assert [pruning_events_due(s, 100, 2, 3) for s in (1, 2, 6, 50, 99, 100)] == [0, 1, 3, 3, 3, 3]
+    assert [pruning_events_due(s, 100, 2, 3) for s in (0, 1, 2, 4, 50, 99, 100)] == [1, 1, 2, 3, 3, 3, 3]

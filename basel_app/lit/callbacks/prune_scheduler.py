@@ -69,8 +69,8 @@ class PruneScheduler(Callback):
             )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step_in_phase = trainer.global_step - self.start_step
-        if step_in_phase <= 0:
+        step_in_phase = trainer.global_step - self.start_step  # 0: the keep phase's last step has just run
+        if step_in_phase < 0:
             return
         due = pruning_events_due(step_in_phase, self.phase_steps, self.every, self.pruning_times)
         while self.events_done < due:
