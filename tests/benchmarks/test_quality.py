@@ -1,5 +1,6 @@
 """benchmarks/quality.py end to end on the tiny random Llama: two methods at one ratio plus the dense
-references give the table, JSON and plot, and a second invocation runs nothing again."""
+references, two points at a time, give the table (in the planned order), JSON and plot, and a second
+invocation runs nothing again."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 from ..conftest import REPO
 
 TINY = ["--model", "tiny_random", "--methods", "svd", "asvd", "--ratios", "1.5", "--max-train-samples", "8",
-        "--validation-samples", "4", "--eval-items", "3", "--", "task.max_length=512", "method.calibration_batches=2"]
+        "--validation-samples", "4", "--eval-items", "3", "--jobs", "2",  # two points at a time, one thread each
+        "--", "task.max_length=512", "method.calibration_batches=2"]
 
 
 def load_script(monkeypatch):
