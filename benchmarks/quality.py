@@ -37,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the repo's basel_app, not an installed one
 
+from basel_app.config.names import LR_DECAYS  # noqa: E402
 from basel_app.files import atomic_write_json  # noqa: E402
 
 METHODS = ["basel", "bsi", "svd", "fwsvd", "svd_llm", "asvd"]
@@ -223,6 +224,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; use 1 or more")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="results dir: one run dir per point, the table, JSON, PNG")
@@ -236,10 +244,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--post-finetune-epochs", type=int, default=1)
     parser.add_argument("--post-finetune-lr", type=float, default=1e-4)
     parser.add_argument("--post-finetune-warmup", type=float, default=0.1, help="method.finetune_warmup")
-    parser.add_argument("--post-finetune-decay", default="cosine", help="method.finetune_decay: constant | cosine")
+    parser.add_argument("--post-finetune-decay", default="cosine", choices=LR_DECAYS, help="method.finetune_decay")
     parser.add_argument("--accuracy", action="store_true", help="also greedy GSM8K/MATH accuracy (~10 s an item on a CPU)")
     parser.add_argument("--time-limit-min", type=float, default=30.0, help="a run still going after this is stopped")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=positive_int, default=1,
                         help="points run at once, each on cores/jobs threads (results do not depend on it)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides shared by every run (after --)")
@@ -257,8 +265,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for argv_ in commands.values():
             print(shlex.join(argv_[1:]))
         return {}
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs {args.jobs} is not allowed; use 1 or more")
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     with ThreadPoolExecutor(args.jobs) as pool:  # each point is its own process; threads only wait on them
         done = pool.map(lambda run: execute(run, out / run.name, commands[run.name], args.time_limit_min * 60, threads),

@@ -3,7 +3,7 @@
 Adam's first updates are about as large as the learning rate in every coordinate, whatever the gradient's
 size, before its moment estimates have settled. On a freshly truncated model they undo more than they
 repair: post-fine-tuning SmolLM2 at 2x with lr 1e-4 and no warm-up first raised the training loss from 2.46
-to 4.03 (docs/BENCHMARKS.md, "Post-fine-tuning"). The schedule is a multiplier of the base lr per optimizer
+to 4.03 (docs/BENCHMARKS.md, "What moves the 2× loss"). The schedule is a multiplier of the base lr per optimizer
 step, so a resumed stage continues it from the step it had reached (Lightning restores the scheduler)."""
 
 from __future__ import annotations
