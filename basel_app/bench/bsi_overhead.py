@@ -35,7 +35,7 @@ class BsiOverheadSettings:
     batch: int = 4
     tokens: int = 256
     additional_dim: int = 16
-    batches: int = 1  # M per estimate (a run's default is 4: the cost scales with it, and so does the bound)
+    batches: int = 1  # M per estimate (a run's: config.schema.DEFAULT_BATCHES; the cost and the bound scale with it)
     probes: int = 1  # K for Hutchinson (a run's default is 8)
     repeats: int = 3
     warmup: int = 1

@@ -143,12 +143,18 @@ class TaskConfig:
                  f"task.validation_samples={self.validation_samples} is not allowed; use 0 (none) or >= 1")
 
 
+# M per estimator when method.importance.batches is null: each within the paper's cost per event (Hutchinson,
+# M=4, K=8: 68 gradient evaluations); GNB on 32 batches is 64, Fisher 32. So `hessian=hutchinson` alone gives
+# the paper's estimator, not Hutchinson on GNB's 32 batches (544 evaluations).
+DEFAULT_BATCHES = {"hutchinson": 4, "fisher": 32, "gnb": 32}
+
+
 @dataclass
 class ImportanceConfig:
     """BSI's Taylor importance (METHODS.md, BSI): M batches, the diag(H) estimator (K Hutchinson probes, ε
     scale, HVP mode; or Fisher / GNB outer products), a floor on H_ii and an EMA across pruning events."""
 
-    batches: int = 32  # M: training batches the statistics are averaged over, per pruning event
+    batches: int | None = None  # M: training batches per pruning event; None: the estimator's own (DEFAULT_BATCHES)
     probes: int = 8  # K: Rademacher probes per batch (2 gradient evaluations each)
     eps_scale: float = 1e-3  # ε per layer = eps_scale × RMS of its kept s̃ (see BSIImportance)
     hvp: str = "finite_difference"  # or double_backward: the exact product, for validation on small models
@@ -158,11 +164,13 @@ class ImportanceConfig:
 
     def __post_init__(self) -> None:
         _require_finite("method.importance", self)
+        _one_of("method.importance.hessian", self.hessian, HESSIAN_ESTIMATORS)
+        if self.batches is None:
+            self.batches = DEFAULT_BATCHES[self.hessian]
         _require(self.batches >= 1, f"method.importance.batches={self.batches} is not allowed; it must be >= 1")
         _require(self.probes >= 1, f"method.importance.probes={self.probes} is not allowed; Hutchinson needs K >= 1")
         _require(self.eps_scale > 0, f"method.importance.eps_scale={self.eps_scale} is not allowed; ε must be > 0")
         _one_of("method.importance.hvp", self.hvp, HVP_MODES)
-        _one_of("method.importance.hessian", self.hessian, HESSIAN_ESTIMATORS)
         _require(0 <= self.ema < 1, f"method.importance.ema={self.ema} is not allowed; β must be in [0, 1)")
 
 

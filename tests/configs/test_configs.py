@@ -188,6 +188,8 @@ def test_cli_prints_each_log_line_once(tmp_path):
 
 
 def test_bsi_estimator_defaults_to_gnb_within_the_papers_cost_and_scale_paper_restores_hutchinson(compose_config):
+    from basel_app.config.names import HESSIAN_ESTIMATORS
+    from basel_app.config.schema import DEFAULT_BATCHES, ImportanceConfig
     from basel_app.methods.importance import ESTIMATOR_COSTS
 
     def importance(*overrides: str) -> tuple[str, int, int]:
@@ -195,10 +197,19 @@ def test_bsi_estimator_defaults_to_gnb_within_the_papers_cost_and_scale_paper_re
         return config.hessian, config.batches, config.probes
 
     method_file = OmegaConf.load(CONF / "method" / "bsi.yaml").importance
-    assert (method_file.hessian, method_file.batches) == ("gnb", 32)
+    assert (method_file.hessian, method_file.batches) == ("gnb", None)
+    assert importance() == ("gnb", 4, 8)  # scale=cpu, the default profile (scale_method/cpu_bsi.yaml)
+    assert importance("scale=paper", "method.importance.hessian=gnb") == ("gnb", 32, 8)
     assert ESTIMATOR_COSTS["gnb"](32, 8) == 64 <= ESTIMATOR_COSTS["hutchinson"](4, 8) == 68  # the paper's cost
     assert importance("scale=paper") == ("hutchinson", 4, 8)  # the paper's estimator (scale_method/paper_bsi.yaml)
     assert importance("scale=cpu")[:2] == ("gnb", 4)  # the CPU profile's cheaper setting (scale_method/cpu_bsi.yaml)
+    # Naming another estimator brings its own M, each within the paper's cost, unless M is given too.
+    assert set(DEFAULT_BATCHES) == set(HESSIAN_ESTIMATORS)
+    for hessian, batches in DEFAULT_BATCHES.items():
+        assert ESTIMATOR_COSTS[hessian](batches, 8) <= 68, hessian
+    assert importance("scale=paper", "method.importance.hessian=fisher") == ("fisher", 32, 8)
+    assert ImportanceConfig(hessian="hutchinson").batches == 4 and ImportanceConfig().batches == 32
+    assert importance("scale=paper", "method.importance.batches=2") == ("hutchinson", 2, 8)
 
 
 def test_basis_init_defaults_to_the_papers_svd_and_every_data_aware_one_has_a_factorisation(compose_config):
