@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 10, 20, 29])
     parser.add_argument("--eps-scale", type=float, default=1e-3)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the shuffle the estimation and held-out batches are drawn from (another seed: another draw)")
     args = parser.parse_args()
     estimators = [parse_estimator(s) for s in args.estimators]
 
@@ -61,7 +63,7 @@ def main() -> None:
     model = loaded.model.eval()
     layers = reparameterize(model, find_target_linears(model, ["q_proj", "k_proj", "o_proj"]), additional_dim=0)
     params = [layer.singular_values for layer in layers.values()]
-    drawn = data.calibration_batches(most + args.heldout, seed=0)  # one shuffle: disjoint by construction
+    drawn = data.calibration_batches(most + args.heldout, seed=args.seed)  # one shuffle: disjoint by construction
     estimation, heldout = drawn[:most], drawn[most:]
 
     @torch.no_grad()
