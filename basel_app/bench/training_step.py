@@ -5,7 +5,8 @@ with `kept` fractions of each layer's bases (the largest |s̃|, as magnitude pru
 fraction, one round-robin of:
 
     dense          the input model, every parameter trains (plain fine-tuning)
-    factored       s̃, Ũ, Ṽ train; each layer forced through U_k(s̃ ⊙ V_kᵀx) + Ũ(Ṽᵀx)
+    keep_step      s̃, Ũ, Ṽ train; each layer takes the path a run takes (`cheaper_path` for its shape and rank)
+    factored       the same, each layer forced through U_k(s̃ ⊙ V_kᵀx) + Ũ(Ṽᵀx)
     materialised   the same, each layer forced through W̃ = U_k diag(s̃) V_kᵀ + ŨṼᵀ, then W̃x
 
 A step is forward, backward, AdamW step, under the precision a run's trainer defaults to here
@@ -38,7 +39,8 @@ from basel_app.lit.trainable import all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import resolve_precision
 from basel_app.lowrank import BaselLinear, basel_layers, find_target_linears, reparameterize, set_trainable
 
-PATHS = {"factored": "factored", "materialised": "dense"}  # row name: BaselLinear's path name
+# Row name: the BaselLinear path every layer is forced through (None: each picks its own, as in a run).
+PATHS = {"keep_step": None, "factored": "factored", "materialised": "dense"}
 
 
 @dataclass(frozen=True)
