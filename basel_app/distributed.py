@@ -10,6 +10,7 @@ nothing and needs no branches:
     require_same_everywhere(t, what)  a checksum gathered from every rank; a mismatch is an error naming `what`
     on_rank_zero(fn)                only rank 0 runs `fn` (a write, an evaluation); the others wait for it and
                                     get its result, or raise if it failed, so no rank waits forever
+    full_tensor(t)                  a parameter sharded by FSDP gathered whole (every rank must call it)
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 T = TypeVar("T")
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: gathered from every rank when it is a sharded DTensor (FSDP2), else itself."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def is_distributed() -> bool:

@@ -22,9 +22,10 @@ runs again. Unfinished writes of a killed attempt are removed first. SIGTERM sav
 during training and ends the run with `Preempted` (exit status 75); a NaN or inf in training stops it with
 `NonFiniteError` (exit status 3) unless `trainer.on_nonfinite=skip`.
 
-Under `trainer.strategy=ddp` every process runs this same function (started by `processes`, first);
+Under `trainer.strategy=ddp` or `fsdp` every process runs this same function (started by `processes`, first);
 they train together, each on its part of every batch, and agree on every mask (`PruneScheduler`). Only
-rank 0 evaluates and writes files; the others wait for it and take its results (`on_rank_zero`)."""
+rank 0 evaluates and writes files; the others wait for it and take its results (`on_rank_zero`). Under fsdp
+a training stage hands back a new, unsharded model (`fit_stage`), so the stages pass the model on by value."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ from basel_app.lit.callbacks.nonfinite_guard import NonFiniteGuard
 from basel_app.lit.checkpoints import newest_good_checkpoint
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.schedule import LRSchedule
+from basel_app.lit.sharding import consolidate, meta_replica
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer, processes, resolve_precision, single_process
 from basel_app.lowrank import (
@@ -196,8 +198,9 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
             log.info("stage 0 already done: resuming from %s", pretuned)
             model.load_state_dict(load_compressed(pretuned)[0].state_dict())  # in place: `targets` stay valid
         else:
-            finetune(ctx, model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
-                     checkpoints / "pre_finetune", "pre_finetune")
+            model = finetune(ctx, model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
+                             checkpoints / "pre_finetune", "pre_finetune")
+            targets = {name: model.get_submodule(name) for name in targets}  # FSDP returns another model
 
             def save_stage_0() -> None:
                 save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
@@ -222,7 +225,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
         stage1 = read_metadata(boundary)
     else:
         if cfg.method.is_pruning:
-            stage1 = compress(ctx, model, targets, plan, budget)
+            model, stage1 = compress(ctx, model, targets, plan, budget)
         else:
             stage1 = compress_one_shot(ctx, model, targets, budget)
         kept = stage1.pop("kept_bases", None)
@@ -239,8 +242,9 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
 
     # 5. Stage 2: post-fine-tune the compressed model.
     if cfg.method.post_finetune_epochs > 0:
-        finetune(ctx, model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params], cfg.method.post_finetune_lr,
-                 cfg.method.post_finetune_epochs, checkpoints / "post_finetune", "post_finetune", ctx.distill)
+        model = finetune(ctx, model, POST_FINETUNE_SELECTORS[cfg.method.post_finetune_params],
+                         cfg.method.post_finetune_lr, cfg.method.post_finetune_epochs, checkpoints / "post_finetune",
+                         "post_finetune", ctx.distill)
         clock.split("post_finetune")
 
     # 6. Evaluate and write the results.
@@ -325,29 +329,33 @@ def evaluate_once(
 def finetune(
     ctx: RunContext, model: nn.Module, select: Callable[[nn.Module], list[nn.Parameter]], lr: float, epochs: int,
     stage_dir: Path, phase: str, distill: Distillation | None = None,
-) -> None:
-    """Task fine-tuning of the `select`ed parameters, in place, resumable from `stage_dir` (stages 0 and 2;
-    stage 2 distils from `distill`'s teacher when given)."""
+) -> nn.Module:
+    """Task fine-tuning of the `select`ed parameters, resumable from `stage_dir` (stages 0 and 2; stage 2
+    distils from `distill`'s teacher when given). Returns the trained model (see `fit_stage`)."""
     method = ctx.cfg.method
     schedule = LRSchedule(method.finetune_warmup, method.finetune_decay)
     module = CompressionModule(model, select, lr, method.weight_decay, distill, schedule)
-    fit_stage(ctx, module, [], epochs, stage_dir, lambda step: phase)
+    return fit_stage(ctx, module, [], epochs, stage_dir, lambda step: phase)
 
 
 def fit_stage(
     ctx: RunContext, module: CompressionModule, callbacks: list[L.Callback], epochs: int, stage_dir: Path,
     phase_at: Callable[[int], str],
-) -> L.Trainer:
+) -> nn.Module:
     """One `Trainer.fit` of a training stage: guarded against NaN/inf, checkpointed into `stage_dir` and resumed
-    from its newest good checkpoint, with SIGTERM deferred to the end of the optimizer step."""
+    from its newest good checkpoint, with SIGTERM deferred to the end of the optimizer step.
+
+    Returns the trained model: `module.model`, trained in place; under `trainer.strategy=fsdp` a new plain
+    model with its full state on every rank, since FSDP converts the one it trains (`lit/sharding.py`)."""
     guard = NonFiniteGuard(ctx.cfg.trainer.on_nonfinite, phase_at)
     trainer = build_trainer(ctx.cfg.trainer, max_epochs=epochs, logger=ctx.logger, callbacks=[*callbacks, guard],
                             checkpoint_dir=stage_dir, root_dir=ctx.out, preemption=ctx.preemption)
     module.model.train()
+    blueprint = meta_replica(module.model) if ctx.cfg.trainer.strategy == "fsdp" else None
     resume_from = on_rank_zero(lambda: newest_good_checkpoint(stage_dir))  # it removes bad ones: one rank only
     with ctx.preemption.deferred():
         trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=resume_from, weights_only=True)
-    return trainer
+    return module.model if blueprint is None else consolidate(module.model, blueprint)
 
 
 def drop_corrupt_boundaries(boundaries: list[Path]) -> None:
@@ -416,10 +424,10 @@ def build_scorer(method: MethodConfig, seed: int) -> Scorer:
 
 def compress(
     ctx: RunContext, model: nn.Module, targets: dict[str, nn.Linear], plan: PhasePlan, budget: SizeBudget
-) -> dict[str, Any]:
-    """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22), in place: reparameterize the targets, fit the keep
-    and prune phases (resumable from stage-1 checkpoints), recompose. Returns what stage 1 found (each
-    layer's rank, BSI's importance records, the bases each layer kept)."""
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22): reparameterize the targets, fit the keep and prune
+    phases (resumable from stage-1 checkpoints), recompose. Returns the compressed model (see `fit_stage`)
+    and what stage 1 found (each layer's rank, BSI's importance records, the bases each layer kept)."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
     stage1: dict[str, Any] = {}
     if method.init == "svd":  # the paper's plain SVD
@@ -439,8 +447,7 @@ def compress(
         PruneScheduler(budget, scorer, method.pruning_times, plan.prune_start_step, plan.prune_steps, plan.every,
                        start_weights=full_rank_weights(model)),
     ]
-    trainer = fit_stage(ctx, module, callbacks, method.keeping_epochs + method.pruning_epochs, stage_dir,
-                        plan.phase_at)
+    model = fit_stage(ctx, module, callbacks, method.keeping_epochs + method.pruning_epochs, stage_dir, plan.phase_at)
     ctx.clock.split("prune")
 
     # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
@@ -449,7 +456,7 @@ def compress(
     ranks = recompose_model(model)
     spectra.add("recomposed", recomposed_singular_values(model, list(ranks)))
     ctx.clock.split("recompose")
-    return {**stage1, "recomposed_ranks": ranks, "importance": scorer.records, "kept_bases": kept}
+    return model, {**stage1, "recomposed_ranks": ranks, "importance": scorer.records, "kept_bases": kept}
 
 
 def log_summary(logger: Logger, metrics: dict[str, Any], pictures: dict[str, Path]) -> None:

@@ -32,7 +32,7 @@ TASK_SOURCES = ("packaged", "local", "hub")
 LOGGERS = ("wandb", "csv")
 # Lightning's precision names, plus `auto`: bf16-mixed where the hardware computes in bf16, else 32-true.
 # auto: one process on one device; ddp: one process per device, gradients all-reduced (lit/trainer.py)
-STRATEGIES = ("auto", "ddp")
+STRATEGIES = ("auto", "ddp", "fsdp")  # fsdp: FSDP2, `fully_shard` per decoder layer (lit/sharding.py)
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 POST_FINETUNE_PARAMS = ("all", "lowrank")

@@ -311,8 +311,10 @@ class TrainerConfig:
     """Where and how Lightning runs; passed to `lightning.Trainer` field by field."""
 
     accelerator: str = "cpu"
-    devices: Any = 1  # processes per node under strategy=ddp
-    strategy: str = "auto"  # auto: one process; ddp: one per device, each on its own slice of every global batch
+    devices: Any = 1  # processes per node under strategy=ddp|fsdp
+    # auto: one process; ddp: one per device, each on its own slice of every global batch; fsdp: the same with
+    # the parameters, gradients and optimizer state sharded over the processes (FSDP2)
+    strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "auto"  # auto: bf16-mixed on CPUs with AVX512-bf16/AMX and bf16 GPUs, else 32-true
     accumulate_grad_batches: int = 1
@@ -324,7 +326,7 @@ class TrainerConfig:
 
     @property
     def world_size(self) -> int:
-        """How many processes the run has (devices per node × nodes under ddp; one otherwise)."""
+        """How many processes the run has (devices per node × nodes under ddp or fsdp; one otherwise)."""
         return self.devices * self.num_nodes if self.strategy != "auto" else 1
 
     def __post_init__(self) -> None:
@@ -336,7 +338,7 @@ class TrainerConfig:
         if self.strategy == "auto":
             _require(self.devices == 1 and self.num_nodes == 1,
                      f"trainer.devices={self.devices} trainer.num_nodes={self.num_nodes} is not allowed with "
-                     "trainer.strategy=auto (one process); use trainer.strategy=ddp for several devices or nodes")
+                     "trainer.strategy=auto (one process); use trainer.strategy=ddp or fsdp for several devices or nodes")
         else:
             _require(isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1,
                      f"trainer.devices={self.devices!r} is not allowed with trainer.strategy={self.strategy}; "
@@ -449,6 +451,15 @@ class RunConfig(EvaluateConfig):
             f"model.dtype={self.model.dtype} is not allowed with method=bsi: its ±ε perturbation of s̃ needs "
             "float32 singular values (bf16 autocast still applies under trainer=gpu)",
         )
+        if self.method.name == "bsi" and self.trainer.strategy == "fsdp":
+            # Under FSDP a forward is a collective (each layer's parameters are all-gathered), so every rank must
+            # run as many as the others; and Hutchinson differentiates w.r.t. s̃, which FSDP holds as shards.
+            importance, ranks = self.method.importance, self.trainer.world_size
+            _require(importance.hessian != "hutchinson",
+                     "method.importance.hessian=hutchinson is not allowed with trainer.strategy=fsdp; use gnb or fisher")
+            _require(importance.batches % ranks == 0,
+                     f"method.importance.batches={importance.batches} is not allowed with trainer.strategy=fsdp on "
+                     f"{ranks} processes: every process scores on as many batches, so use a multiple of {ranks}")
 
 
 # The size budget's fields, by precedence: the first one set decides the model's size.

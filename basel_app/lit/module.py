@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torchmetrics import SumMetric
 
@@ -18,6 +19,7 @@ from basel_app.config.errors import NonFiniteError
 from basel_app.distributed import share_of_global_mean
 from basel_app.evaluation.answer_loss import answer_nll, loss_summary
 from basel_app.lit.schedule import LRSchedule
+from basel_app.lit.sharding import is_sharded, shard
 from basel_app.lowrank import set_trainable
 from basel_app.methods.distillation import IGNORE_INDEX, Distillation
 
@@ -84,10 +86,14 @@ class CompressionModule(AnswerLossModule):
     def configure_model(self) -> None:
         """Freeze all but the selected parameters here, before the strategy wraps the model: DDP registers
         for gradient reduction exactly the parameters that require grad when it wraps, and one frozen later
-        would be a parameter it waits for in every step."""
+        would be a parameter it waits for in every step. Under FSDP the model is sharded here (the strategy
+        asks the module to), which replaces every parameter by its shard: the trainable ones are those."""
         self.trainable = set_trainable(self.model, self.select_trainable(self.model))
         if not self.trainable:
             raise RuntimeError("nothing to train: the trainable-parameter selector returned no parameters")
+        if isinstance(self.trainer.strategy, ModelParallelStrategy) and not is_sharded(self.model):
+            shard(self.model)
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         optimizer = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.weight_decay)

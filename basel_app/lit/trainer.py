@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
 from basel_app.config.schema import LoggerConfig, TrainerConfig
 from basel_app.lit.checkpoints import StageCheckpoints
@@ -142,14 +143,23 @@ def build_eval_trainer(cfg: TrainerConfig, logger: Logger | None, root_dir: Path
     return L.Trainer(**_shared_trainer_args(cfg, logger, root_dir), enable_checkpointing=False)
 
 
+def strategy(cfg: TrainerConfig) -> str | Strategy:
+    """Lightning's strategy for `trainer.strategy`. Under ddp every parameter that trains takes part in every
+    step (CompressionModule freezes the rest before the strategy wraps the model), so DDP needs no search for
+    unused parameters. fsdp is FSDP2 data parallelism over every process (`lit/sharding.py`); checkpoints are
+    consolidated into one file on rank 0, the same format as every other strategy's."""
+    if cfg.strategy != "fsdp":
+        return cfg.strategy
+    return ModelParallelStrategy(data_parallel_size=cfg.world_size, tensor_parallel_size=1,
+                                 save_distributed_checkpoint=False)
+
+
 def _shared_trainer_args(cfg: TrainerConfig, logger: Logger | None, root_dir: Path) -> dict[str, Any]:
     """Where and in what precision every Trainer of a run runs, and where it logs."""
     return {
         "accelerator": cfg.accelerator,
         "devices": cfg.devices,
-        # Every parameter that trains takes part in every step (CompressionModule freezes the rest before the
-        # strategy wraps the model), so DDP needs no search for unused parameters.
-        "strategy": cfg.strategy,
+        "strategy": strategy(cfg),
         "num_nodes": cfg.num_nodes,
         "precision": resolve_precision(cfg),
         "enable_progress_bar": cfg.enable_progress_bar,

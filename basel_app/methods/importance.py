@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from basel_app.distributed import all_reduce_sum, world_rank, world_size
+from basel_app.distributed import all_reduce_sum, full_tensor, world_rank, world_size
 from basel_app.lowrank import BaselLinear, basel_layers
 from basel_app.methods.taylor import (
     TaylorStatistics,
@@ -71,11 +71,16 @@ def _stderr(sum_sq: torch.Tensor, mean: torch.Tensor, count: int) -> torch.Tenso
 
 class PerExampleGradients:
     """While entered, each backward through the model leaves `grads[name]`: (B, r) per-example ∂/∂s̃ of
-    what was differentiated, for every BaselLinear (see the module docstring for the math)."""
+    what was differentiated, for every BaselLinear (see the module docstring for the math).
+
+    The backward is taken to the layers' outputs (`backward_to`), not to s̃: the hooks need only δ there,
+    autograd then computes no parameter gradient, and it works on FSDP-sharded s̃ too, which the forward
+    does not use (it runs on the gathered copy), so a gradient asked of the shard would skip every hook."""
 
     def __init__(self, layers: dict[str, BaselLinear]) -> None:
         self.layers = layers
         self.grads: dict[str, torch.Tensor] = {}
+        self.outputs: list[torch.Tensor] = []  # of the last forward, in the order the hooks saw them
         self._handles: list[Any] = []
 
     def __enter__(self) -> PerExampleGradients:
@@ -87,6 +92,12 @@ class PerExampleGradients:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.outputs.clear()
+
+    def backward_to(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """Backpropagate `loss` as far as the layers' outputs, filling `grads` afresh."""
+        self.grads.clear()
+        torch.autograd.grad(loss, self.outputs, allow_unused=True, retain_graph=retain_graph)
 
     def _forward_hook(self, name: str) -> Callable:
         def hook(layer: BaselLinear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -101,6 +112,7 @@ class PerExampleGradients:
                 self.grads[name] = per_example * layer.keep_mask.to(wide)  # pruned bases: no gradient
 
             output.register_hook(on_grad)
+            self.outputs.append(output)
 
         return hook
 
@@ -185,15 +197,14 @@ def outer_product_statistics(
             answered = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1)
             keep = answered > 0  # an example whose answer was truncated away has no loss
             true_loss = answer_token_losses(logits, batch["labels"])
-            hooks.grads.clear()
-            torch.autograd.grad(true_loss.sum(), params, allow_unused=True, retain_graph=generator is not None)
+            hooks.backward_to(true_loss.sum(), retain_graph=generator is not None)
             u = [hooks.grads[name][keep] for name in layers]
             grad.add(u)
             if drawing is not None:
                 drawn = answer_token_losses(logits, sampled_labels(logits, batch["labels"], drawing[index]))
-                hooks.grads.clear()
-                torch.autograd.grad(drawn.sum(), params, allow_unused=True)
+                hooks.backward_to(drawn.sum())
                 u = [hooks.grads[name][keep] for name in layers]
+            hooks.outputs.clear()
             curvature.add([x * x for x in u])
             examples += int(keep.sum())
             tokens += int(answered.sum())
@@ -289,8 +300,8 @@ class TaylorImportance:
             g_used, h_used = self._smooth(name, g.double().cpu(), h.double().cpu())
             if self.curvature_floor is not None:
                 h_used = h_used.clamp(min=self.curvature_floor)
-            values = layer.singular_values.detach().cpu()
-            scores[name] = taylor_scores(values, g_used, h_used, self.variant).to(layer.singular_values.device)
+            values = full_tensor(layer.singular_values).detach().cpu()
+            scores[name] = taylor_scores(values, g_used, h_used, self.variant).to(layer.keep_mask.device)
             mask = layer.keep_mask.cpu()
             kept_h.append(h.cpu()[mask])
             kept_se.append(se.cpu()[mask])

@@ -19,7 +19,7 @@ from basel_app.models import load_compressed
 
 from ..conftest import REPO
 
-SWEEP = ["-m", "method=basel,bsi", "model=tiny_random",
+SWEEP = ["-m", "model=tiny_random",
          "model.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]", "logger=csv",
          "task.max_train_samples=16", "task.max_eval_samples=4", "task.max_length=640", "method.compression_ratio=1.5",
          "method.pruning_times=3", "method.post_finetune_epochs=1", "method.additional_dim=4",
@@ -29,11 +29,11 @@ DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "task.trai
 EVENT = re.compile(r"pruning event (\d+)/(\d+) .* rank (\d) keep-mask checksum ([-\d.e+]+)")
 
 
-def sweep(cwd: Path, overrides: list[str]) -> str:
-    """Run the sweep from `cwd` (where its default `multirun/${now}` dir goes); returns its output."""
+def sweep(cwd: Path, overrides: list[str], methods: str = "basel,bsi") -> str:
+    """Run the sweep over `methods` from `cwd` (where its default `multirun/${now}` dir goes); returns its output."""
     # Its own session, so that a hang kills the processes DDP started too, not only the first one.
-    proc = subprocess.Popen([sys.executable, "-m", "basel_app", *SWEEP, *overrides], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "basel_app", *SWEEP, f"method={methods}", *overrides], cwd=cwd,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

@@ -10,13 +10,14 @@ import lightning as L
 from lightning.pytorch import Callback
 
 from basel_app.clock import PhaseClock
+from basel_app.distributed import full_tensor
 from basel_app.lit.callbacks.spectra import SpectraRecord
 from basel_app.lowrank import basel_layers
 
 
 def kept_singular_values(model) -> dict:
-    """s̃ of the bases each layer still keeps."""
-    return {name: layer.singular_values[layer.keep_mask] for name, layer in basel_layers(model).items()}
+    """s̃ of the bases each layer still keeps (gathered whole when FSDP shards it)."""
+    return {name: full_tensor(layer.singular_values)[layer.keep_mask] for name, layer in basel_layers(model).items()}
 
 
 def kept_bases(model) -> dict:

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch import Callback
 
 from basel_app.config.errors import ConfigError
-from basel_app.distributed import broadcast_from_zero, require_same_everywhere
+from basel_app.distributed import broadcast_from_zero, full_tensor, require_same_everywhere
 from basel_app.lit.callbacks.scorers import Scorer
 from basel_app.lowrank import LayerBases, layer_weight_params, basel_layers, pruning_events_due
 from basel_app.methods.budget import SizeBudget
@@ -34,7 +34,7 @@ def layer_bases(model: torch.nn.Module, priorities: dict[str, torch.Tensor]) -> 
     """The allocation view of every reparameterized layer, with the mass |s̃|."""
     return [
         LayerBases(layer.out_features, layer.in_features, layer.keep_mask.cpu(), priorities[name].detach().cpu(),
-                   layer.singular_values.detach().abs().cpu(), layer.additional_dim)
+                   full_tensor(layer.singular_values).detach().abs().cpu(), layer.additional_dim)
         for name, layer in basel_layers(model).items()
     ]
 

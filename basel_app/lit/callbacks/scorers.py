@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import lightning as L
 import torch
 
+from basel_app.distributed import full_tensor
 from basel_app.lowrank import basel_layers
 
 
@@ -35,7 +36,8 @@ class MagnitudeScorer:
     records = None
 
     def priorities(self, trainer: L.Trainer, pl_module: L.LightningModule, event: int) -> dict[str, torch.Tensor]:
-        return {name: layer.singular_values.detach().abs() for name, layer in basel_layers(pl_module.model).items()}
+        return {name: full_tensor(layer.singular_values).detach().abs()
+                for name, layer in basel_layers(pl_module.model).items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
