@@ -13,7 +13,8 @@ returns a new, unsharded model built from the blueprint. Between steps the phase
 with `data_parallel_size` = every process and no tensor parallelism.
 
 What this does not do yet (README, "Several processes"): load or decompose the model shard by shard (every
-rank holds the whole input model before the first stage), nor stream the consolidation layer by layer.
+rank holds the whole input model before the first stage), nor consolidate on rank 0 alone (every rank
+gathers the whole trained model onto its CPU).
 """
 
 from __future__ import annotations
