@@ -25,7 +25,9 @@ during training and ends the run with `Preempted` (exit status 75); a NaN or inf
 Under `trainer.strategy=ddp` or `fsdp` every process runs this same function (started by `processes`, first);
 they train together, each on its part of every batch, and agree on every mask (`PruneScheduler`). Only
 rank 0 evaluates and writes files; the others wait for it and take its results (`on_rank_zero`). Under fsdp
-a training stage hands back a new, unsharded model (`fit_stage`), so the stages pass the model on by value."""
+a training stage hands back a new, unsharded model (`fit_stage`), so the stages pass the model on by value;
+and between stages rank 0 alone holds it: the others hold its module tree on the meta device, and every step
+that reads or changes its values (loading, decomposition, recomposition) runs on rank 0 (`on_host`)."""
 
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ from basel_app.lit.callbacks.nonfinite_guard import NonFiniteGuard
 from basel_app.lit.checkpoints import newest_good_checkpoint
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.schedule import LRSchedule
-from basel_app.lit.sharding import consolidate, meta_replica
+from basel_app.lit.sharding import consolidate, has_storage, meta_replica, on_host
 from basel_app.lit.trainable import POST_FINETUNE_SELECTORS, all_parameters, reparameterized_parameters
 from basel_app.lit.trainer import build_logger, build_trainer, processes, resolve_precision, single_process
 from basel_app.lowrank import (
@@ -147,6 +149,17 @@ class RunContext:
     distill: Distillation | None = None  # the teacher of stages 1 and 2 (method.distill.alpha > 0)
 
 
+def hosted(cfg: RunConfig) -> bool:
+    """Whether rank 0 alone holds the model between stages (under FSDP: `lit/sharding.py`)."""
+    return cfg.trainer.strategy == "fsdp"
+
+
+def load_input_model(cfg: ModelConfig) -> tuple[nn.Module, tuple[Any, dict[str, Any]]]:
+    """(model, (tokenizer, provenance)): `load_model`, split as `on_host` takes it."""
+    loaded = load_model(cfg)
+    return loaded.model, (loaded.tokenizer, loaded.provenance)
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     with sweep_job_as_a_run(), processes(cfg.trainer), Preemption().installed() as preemption:
         return _run(cfg, preemption)
@@ -168,18 +181,13 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     clock.split("checks")
 
     # 2. The input model; the exact plan once tokenization has dropped any over-long examples; the targets.
-    loaded = load_model(cfg.model)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, (tokenizer, base_model) = on_host(lambda: load_input_model(cfg.model), hosted(cfg))
     datamodule.attach_tokenizer(tokenizer)
     datamodule.setup("fit")
     plan = PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg)) if cfg.method.is_pruning else None
     log.info("phase plan: %s", plan)
     original = {"params": count_parameters(model), "bytes": state_bytes(model)}
-    targets = target_linears(cfg.model, model)
-    untie_from_embedding(model, targets)  # a targeted tied head gets its own weight; the embedding stays
-    extra = cfg.method.additional_dim if cfg.method.is_pruning else 0
-    sized = cfg.method if cfg.method.compresses else replace(cfg.method, keep_ratio=1.0)  # the dense reference
-    budget = resolve_budget(sized, original["params"], fixed_parameters(model, targets), targets, extra)
+    target_names, budget = targets_and_budget(cfg, model, original["params"])
     log.info("size budget: %s", budget.describe())
     clock.split("load_model")
     evaluation = {"before": evaluate_once(model, tokenizer, datamodule, cfg, logger, out)}
@@ -196,11 +204,11 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     if cfg.method.pre_finetune_epochs > 0 and not boundary.is_dir():
         if pretuned.is_dir():
             log.info("stage 0 already done: resuming from %s", pretuned)
-            model.load_state_dict(load_compressed(pretuned)[0].state_dict())  # in place: `targets` stay valid
+            if has_storage(model):
+                model.load_state_dict(load_compressed(pretuned)[0].state_dict())
         else:
             model = finetune(ctx, model, all_parameters, cfg.method.pre_finetune_lr, cfg.method.pre_finetune_epochs,
                              checkpoints / "pre_finetune", "pre_finetune")
-            targets = {name: model.get_submodule(name) for name in targets}  # FSDP returns another model
 
             def save_stage_0() -> None:
                 save_compressed(model, tokenizer, pretuned, metadata={"stage": "pre_finetune"}, overwrite=True)
@@ -211,7 +219,8 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     if cfg.method.distill.alpha > 0:
         # The teacher is the model stage 1 starts from; a resumed run rebuilds it from the same source.
         resumed_past_stage_0 = cfg.method.pre_finetune_epochs > 0 and boundary.is_dir()
-        teacher = load_compressed(pretuned)[0] if resumed_past_stage_0 else copy.deepcopy(model)
+        teacher, _ = on_host(lambda: (load_compressed(pretuned)[0] if resumed_past_stage_0 else copy.deepcopy(model),
+                                      None), hosted(ctx.cfg))
         ctx.distill = Distillation(teacher, cfg.method.distill.alpha, cfg.method.distill.temperature)
 
     # 4. Stage 1: keep + prune + recompose (or a one-shot truncation), then its result is saved as the stage
@@ -220,14 +229,15 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
         stage1 = {"recomposed_ranks": {}}
     elif boundary.is_dir():
         log.info("stage 1 already done: resuming from %s", boundary)
-        model, _ = load_compressed(boundary)
+        model, _ = on_host(lambda: (load_compressed(boundary)[0], None), hosted(ctx.cfg))
         ctx.spectra.stages = json.loads((out / "spectra.json").read_text())
         stage1 = read_metadata(boundary)
     else:
         if cfg.method.is_pruning:
-            model, stage1 = compress(ctx, model, targets, plan, budget)
+            model, stage1 = compress(ctx, model, target_names, plan, budget)
         else:
-            stage1 = compress_one_shot(ctx, model, targets, budget)
+            model, stage1 = on_host(lambda: (model, compress_one_shot(ctx, model, target_names, budget)),
+                                    hosted(ctx.cfg))
         kept = stage1.pop("kept_bases", None)
 
         def save_stage_1() -> None:
@@ -251,7 +261,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     evaluation["after"] = evaluate_once(model, tokenizer, datamodule, cfg, logger, out)
     clock.split("eval_after")
     compressed = {"params": count_parameters(model), "bytes": state_bytes(model)}
-    provenance = {"base_model": loaded.provenance, "method": cfg.method.name, "task": cfg.task.name,
+    provenance = {"base_model": base_model, "method": cfg.method.name, "task": cfg.task.name,
                   "config": asdict(cfg)}
     model_dir = out / "compressed_model"
     on_rank_zero(lambda: save_compressed(model, tokenizer, model_dir, metadata=provenance, overwrite=True))
@@ -269,7 +279,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
         "conditioning": stage1.get("conditioning"),  # SVD-LLM: the layers whose Gram matrix needed damping
         "task": cfg.task.name,
         "model": cfg.model.name,
-        "base_model": loaded.provenance,
+        "base_model": base_model,
         "params_original": original["params"],
         "params_compressed": compressed["params"],
         "compression_ratio": compression_ratio(original["params"], compressed["params"]),
@@ -309,7 +319,8 @@ def quantize_and_save(
     """Quantize the finished model in place (`quantize`), evaluate it as the float one was (into
     `evaluation["quantized"]`) and save it beside it; returns its dir and size on disk."""
     scheme = ctx.cfg.quantize
-    quantize_linears(model, scheme)
+    if has_storage(model):
+        quantize_linears(model, scheme)
     evaluation["quantized"] = evaluate_once(model, ctx.tokenizer, ctx.datamodule, ctx.cfg, ctx.logger, ctx.out)
     model_dir = ctx.out / f"compressed_model_{scheme}"
     on_rank_zero(lambda: save_compressed(model, ctx.tokenizer, model_dir, metadata={**provenance, "quantize": scheme},
@@ -373,9 +384,23 @@ def drop_corrupt_boundaries(boundaries: list[Path]) -> None:
             return
 
 
-def target_linears(cfg: ModelConfig, model: nn.Module) -> dict[str, nn.Linear]:
-    """{name: layer} of the layers the model config targets (a targeted tied head still tied)."""
-    return find_target_linears(model, cfg.target_modules, cfg.exclude_modules, cfg.include_tied_head)
+def targets_and_budget(cfg: RunConfig, model: nn.Module, original_params: int) -> tuple[list[str], SizeBudget]:
+    """The names of the layers the model config targets, and the run's size budget over them (an impossible
+    one fails here). A targeted tied head gets its own weight here; the embedding stays.
+
+    Names, not modules: every step looks the layers up in the model it is given (FSDP hands back another
+    model), and a dict of the original layers would keep their dense weights alive once they are replaced."""
+    targets = find_target_linears(model, cfg.model.target_modules, cfg.model.exclude_modules,
+                                  cfg.model.include_tied_head)
+    untie_from_embedding(model, targets)
+    extra = cfg.method.additional_dim if cfg.method.is_pruning else 0
+    sized = cfg.method if cfg.method.compresses else replace(cfg.method, keep_ratio=1.0)  # the dense reference
+    budget = resolve_budget(sized, original_params, fixed_parameters(model, targets), targets, extra)
+    return list(targets), budget
+
+
+def linears(model: nn.Module, names: list[str]) -> dict[str, nn.Linear]:
+    return {name: model.get_submodule(name) for name in names}
 
 
 def factorize_targets(
@@ -399,11 +424,10 @@ def conditioning(factorizations: dict[str, Factorization]) -> dict[str, str]:
     return {name: f.note for name, f in factorizations.items() if f.note not in ("", "cholesky")}
 
 
-def compress_one_shot(
-    ctx: RunContext, model: nn.Module, targets: dict[str, nn.Linear], budget: SizeBudget
-) -> dict[str, Any]:
+def compress_one_shot(ctx: RunContext, model: nn.Module, names: list[str], budget: SizeBudget) -> dict[str, Any]:
     """Stage 1 of a one-shot baseline, in place: statistics on training batches, the method's factorisation
     of every targeted layer, truncation to the budget. Returns what stage 1 found (ranks, conditioning)."""
+    targets = linears(model, names)
     factorizations = factorize_targets(ctx, model, targets, ctx.cfg.method.name)
     ctx.spectra.add("decomposition", {name: f.values for name, f in factorizations.items()})
     ctx.clock.split("decompose")
@@ -423,20 +447,26 @@ def build_scorer(method: MethodConfig, seed: int) -> Scorer:
 
 
 def compress(
-    ctx: RunContext, model: nn.Module, targets: dict[str, nn.Linear], plan: PhasePlan, budget: SizeBudget
+    ctx: RunContext, model: nn.Module, names: list[str], plan: PhasePlan, budget: SizeBudget
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Stage 1 of Basel / BSI (Algorithm 1, lines 1-22): reparameterize the targets, fit the keep and prune
     phases (resumable from stage-1 checkpoints), recompose. Returns the compressed model (see `fit_stage`)
     and what stage 1 found (each layer's rank, BSI's importance records, the bases each layer kept)."""
     cfg, method, spectra = ctx.cfg, ctx.cfg.method, ctx.spectra
-    stage1: dict[str, Any] = {}
-    if method.init == "svd":  # the paper's plain SVD
-        factorizations = svd_bases_of(targets, ctx.cache)
-    else:
-        factorizations = factorize_targets(ctx, model, targets, INIT_FACTORIZATIONS[method.init])
-        stage1["conditioning"] = conditioning(factorizations)
-    reparameterize(model, targets, additional_dim=method.additional_dim, free_bases=method.free_bases, seed=cfg.seed,
-                   factorizations=factorizations)
+
+    def reparameterized() -> tuple[nn.Module, dict[str, Any]]:
+        found: dict[str, Any] = {}
+        targets = linears(model, names)
+        if method.init == "svd":  # the paper's plain SVD
+            factorizations = svd_bases_of(targets, ctx.cache)
+        else:
+            factorizations = factorize_targets(ctx, model, targets, INIT_FACTORIZATIONS[method.init])
+            found["conditioning"] = conditioning(factorizations)
+        reparameterize(model, targets, additional_dim=method.additional_dim, free_bases=method.free_bases,
+                       seed=cfg.seed, factorizations=factorizations)
+        return model, found
+
+    model, stage1 = on_host(reparameterized, hosted(ctx.cfg))
     ctx.clock.split("decompose")
     stage_dir = ctx.out / "checkpoints" / "compress"
     scorer = build_scorer(method, cfg.seed)
@@ -451,12 +481,16 @@ def compress(
     ctx.clock.split("prune")
 
     # Recompose (lines 16-22): each BaselLinear becomes two thin linears by the QR trick, or stays dense.
-    spectra.add("pruned", kept_singular_values(model))
-    kept = kept_bases(model)
-    ranks = recompose_model(model)
-    spectra.add("recomposed", recomposed_singular_values(model, list(ranks)))
+    def recomposed() -> tuple[nn.Module, dict[str, Any]]:
+        spectra.add("pruned", kept_singular_values(model))
+        kept = kept_bases(model)
+        ranks = recompose_model(model)
+        spectra.add("recomposed", recomposed_singular_values(model, list(ranks)))
+        return model, {"recomposed_ranks": ranks, "kept_bases": kept}
+
+    model, found = on_host(recomposed, hosted(ctx.cfg))  # the spectra are rank 0's to write
     ctx.clock.split("recompose")
-    return model, {**stage1, "recomposed_ranks": ranks, "importance": scorer.records, "kept_bases": kept}
+    return model, {**stage1, **found, "importance": scorer.records}
 
 
 def log_summary(logger: Logger, metrics: dict[str, Any], pictures: dict[str, Path]) -> None:

@@ -19,7 +19,7 @@ from basel_app.config.errors import NonFiniteError
 from basel_app.distributed import share_of_global_mean
 from basel_app.evaluation.answer_loss import answer_nll, loss_summary
 from basel_app.lit.schedule import LRSchedule
-from basel_app.lit.sharding import is_sharded, shard
+from basel_app.lit.sharding import is_sharded, shard_from_rank_zero
 from basel_app.lowrank import set_trainable
 from basel_app.methods.distillation import IGNORE_INDEX, Distillation
 
@@ -87,13 +87,18 @@ class CompressionModule(AnswerLossModule):
         """Freeze all but the selected parameters here, before the strategy wraps the model: DDP registers
         for gradient reduction exactly the parameters that require grad when it wraps, and one frozen later
         would be a parameter it waits for in every step. Under FSDP the model is sharded here (the strategy
-        asks the module to), which replaces every parameter by its shard: the trainable ones are those."""
+        asks the module to), which replaces every parameter by its shard: the trainable ones are those. The
+        shards are filled from rank 0, the one rank that holds the model between stages (`lit/sharding.py`);
+        the teacher is sharded the same way."""
         self.trainable = set_trainable(self.model, self.select_trainable(self.model))
         if not self.trainable:
             raise RuntimeError("nothing to train: the trainable-parameter selector returned no parameters")
-        if isinstance(self.trainer.strategy, ModelParallelStrategy) and not is_sharded(self.model):
-            shard(self.model)
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy) and not is_sharded(self.model):
+            shard_from_rank_zero(self.model, strategy.root_device)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+            if self.distill is not None and not is_sharded(self.distill.teacher):
+                shard_from_rank_zero(self.distill.teacher, strategy.root_device)  # no whole copy on any device
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         optimizer = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.weight_decay)

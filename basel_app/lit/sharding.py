@@ -1,10 +1,17 @@
 """FSDP2 for one training stage (`trainer.strategy=fsdp`): the model's parameters, gradients and AdamW state
 are sharded over the processes while the stage trains, and the stage hands back a plain model.
 
-    before fit     blueprint = meta_replica(model)        the module tree on the meta device (no memory)
-    configure      shard(model)                           `fully_shard` per decoder layer, then the root
-    fit            forward/backward all-gather a layer's parameters, reduce-scatter its gradients
-    after fit      consolidate(model, blueprint)          full tensors gathered, loaded into the blueprint
+Between stages rank 0 alone holds the model's storage; every other rank holds its module tree on the meta
+device (no memory), so the host RAM of a node holds one model, not one per process:
+
+    between stages  on_host(build)                     rank 0 builds or changes the model; the others get its
+                                                       meta replica (the module tree, shapes and ties)
+    before fit      blueprint = meta_replica(model)    what the stage's end fills
+    configure       shard_from_rank_zero(model, dev)   `fully_shard` per decoder layer, then the root; every
+                                                       rank's shards filled from rank 0, one tensor at a time
+    fit             forward/backward all-gather a layer's parameters, reduce-scatter its gradients
+    after fit       consolidate(model, blueprint)      full tensors gathered (every rank takes part), kept on
+                                                       rank 0's CPU; the others keep the meta blueprint
 
 `fully_shard` converts the model in place (its parameters become DTensors, its classes FSDP subclasses), and
 every later step of the pipeline (recomposition, evaluation, saving) works on plain tensors; so the stage
@@ -12,20 +19,23 @@ returns a new, unsharded model built from the blueprint. Between steps the phase
 `full_tensor` (every rank calls it: it is a collective). Lightning's `ModelParallelStrategy` runs the stage
 with `data_parallel_size` = every process and no tensor parallelism.
 
-What this does not do yet (README, "Several processes"): load or decompose the model shard by shard (every
-rank holds the whole input model before the first stage), nor consolidate on rank 0 alone (every rank
-gathers the whole trained model onto its CPU).
+What this does not do yet (README, "Several processes"): load or decompose the model shard by shard (rank 0
+loads and decomposes the whole model on its CPU).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from basel_app.distributed import full_tensor
+from basel_app.distributed import broadcast_from_zero, full_tensor, is_distributed, on_rank_zero, world_rank
+
+T = TypeVar("T")
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -59,27 +69,79 @@ def meta_replica(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def consolidate(sharded: nn.Module, blueprint: nn.Module) -> nn.Module:
-    """`blueprint` (from `meta_replica`) on the CPU holding `sharded`'s full state, on every rank.
+def on_host(build: Callable[[], tuple[nn.Module, T]], hosted: bool) -> tuple[nn.Module, T]:
+    """`build()` -> (model, result). With `hosted` and several processes, rank 0 alone runs it and keeps the
+    model; every other rank gets the model's meta replica and rank 0's (picklable) result. Otherwise every
+    rank runs it (DDP keeps a whole model on every rank)."""
+    if not (hosted and is_distributed()):
+        return build()
+    built: list[nn.Module] = []
 
-    Tensors are gathered one at a time and moved to the CPU at once, so the accelerator never holds more than
-    one whole parameter beyond its shards. Materialising a meta module gives every parameter new storage,
-    which unties tied ones (a tied head and embedding); they are tied again as the blueprint has them. The
-    state dict misses non-persistent buffers (a Llama's rotary `inv_freq`): those are copied over directly,
-    since FSDP leaves buffers whole on every rank."""
-    state = {key: full_tensor(value).detach().cpu() for key, value in sharded.state_dict().items()}
+    def on_zero() -> tuple[nn.Module, T]:
+        model, result = build()
+        built.append(model)
+        return meta_replica(model), result
+
+    replica, result = on_rank_zero(on_zero)
+    return (built[0] if built else replica), result
+
+
+def has_storage(model: nn.Module) -> bool:
+    """False for a meta replica: a rank that holds the module tree but not the model (`on_host`)."""
+    return not any(t.is_meta for t in model.parameters())
+
+
+def shard_from_rank_zero(model: nn.Module, device: torch.device) -> None:
+    """`shard` `model`, whose values rank 0 holds (the others may hold its meta replica), and fill every rank's
+    shards on `device` from rank 0, one full tensor broadcast at a time; non-persistent buffers (a Llama's
+    rotary `inv_freq`), which are in no state dict, are broadcast too."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    source = model.state_dict() if world_rank() == 0 else {}  # references into rank 0's model, no copies
+    persistent = set(source) if world_rank() == 0 else set(model.state_dict())
+    stateless = [name for name, _ in model.named_buffers() if name not in persistent]
+    shard(model)
+    if world_rank() == 0:
+        model.to(device)
+    else:
+        model.to_empty(device=device)
+    set_model_state_dict(model, source, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    buffers = [model.get_buffer(name) for name in stateless]
+    with torch.no_grad():
+        for buffer, value in zip(buffers, broadcast_from_zero(buffers)):
+            buffer.copy_(value)
+
+
+def consolidate(sharded: nn.Module, blueprint: nn.Module) -> nn.Module:
+    """`blueprint` (from `meta_replica`) on rank 0's CPU holding `sharded`'s full state; on every other rank
+    the blueprint as it is, on the meta device (`on_host`).
+
+    Tensors are gathered one at a time (every rank takes part) and rank 0 moves each to the CPU at once, so an
+    accelerator never holds more than one whole parameter beyond its shards, and the CPU one copy of the model:
+    the gathered tensors become the blueprint's own (`assign`). That gives each key its own tensor, which
+    unties tied ones (a tied head and embedding); they are tied again as the blueprint has them. The state
+    dict misses non-persistent buffers (a Llama's rotary `inv_freq`): those are copied over directly, since
+    FSDP leaves buffers whole on every rank."""
+    keep = world_rank() == 0
+    state = {}
+    for key, value in sharded.state_dict().items():
+        whole = full_tensor(value).detach()
+        if keep:
+            state[key] = whole.cpu()
+    if not keep:
+        return blueprint
     first_name: dict[int, str] = {}
     ties = []  # (name, name of the parameter it shares)
     for name, parameter in blueprint.named_parameters(remove_duplicate=False):
         if id(parameter) in first_name:
             ties.append((name, first_name[id(parameter)]))
         first_name.setdefault(id(parameter), name)
-    plain = blueprint.to_empty(device="cpu")
+    blueprint.load_state_dict(state, assign=True)
     for name, source in ties:
         owner, _, leaf = name.rpartition(".")
-        setattr(plain.get_submodule(owner), leaf, plain.get_parameter(source))
-    plain.load_state_dict(state)
-    with torch.no_grad():
-        for name, buffer in sharded.named_buffers():
-            plain.get_buffer(name).copy_(buffer)
-    return plain
+        setattr(blueprint.get_submodule(owner), leaf, blueprint.get_parameter(source))
+    for name, buffer in sharded.named_buffers():
+        if name not in state:
+            owner, _, leaf = name.rpartition(".")
+            blueprint.get_submodule(owner)._buffers[leaf] = buffer.detach().to("cpu", copy=True)
+    return blueprint
