@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # Part of every key: raise it when what a cached computation returns changes for the same inputs.
 CACHE_VERSION = 1
 CHUNK_BYTES = 1 << 24
+ALIASES = "__aliases__"  # metadata: {name: the name its tensor is stored under}, for a tensor given twice
 
 Tensors = dict[str, torch.Tensor]
 Notes = dict[str, str]
@@ -155,6 +156,8 @@ class DecompositionCache:
             raise CorruptEntry(f"{path.name} does not match its sha256")
         with safe_open(path, framework="pt", device=str(device)) as f:
             tensors, notes = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        for alias, stored in json.loads(notes.pop(ALIASES, "{}")).items():
+            tensors[alias] = tensors[stored]
         log.info("decomposition cache: loaded %s", path)
         return tensors, notes
 
@@ -162,8 +165,17 @@ class DecompositionCache:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
         os.close(fd)
+        # A tensor given under several names (the layers that share an input's Gram) is stored once.
+        stored_as: dict[int, str] = {}
+        unique, aliases = {}, {}
+        for key_name, tensor in tensors.items():
+            first = stored_as.setdefault(id(tensor), key_name)
+            if first == key_name:
+                unique[key_name] = tensor
+            else:
+                aliases[key_name] = first
         try:
-            save_file(tensors, tmp, metadata=notes)
+            save_file(unique, tmp, metadata={**notes, ALIASES: json.dumps(aliases)} if aliases else notes)
             sha = file_sha256(Path(tmp))
             path = folder / f"{name}.{sha[:16]}.safetensors"
             os.replace(tmp, path)

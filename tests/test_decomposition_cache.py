@@ -208,3 +208,16 @@ def test_a_second_run_loads_its_decomposition_and_ends_identical(compose_config,
     assert second["ranks"] == first["ranks"] and second["conditioning"] == first["conditioning"]
     states = [load_compressed(tmp_path / d / "compressed_model")[0].state_dict() for d in ("first", "second")]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_tensor_given_under_two_names_is_stored_once_and_loaded_shared(tmp_path):
+    cache = DecompositionCache(tmp_path)
+    gram, other = torch.randn(6, 6, dtype=torch.float64), torch.randn(6, 6, dtype=torch.float64)
+    given = {"q_proj": gram, "k_proj": gram, "o_proj": other}
+    missed, _ = cache.fetch("statistics", lambda: {"k": 1}, lambda: (given, {"note": "x"}))
+    hit, notes = cache.fetch("statistics", lambda: {"k": 1}, lambda: pytest.fail("recomputed"))
+    assert notes == {"note": "x"}
+    assert sorted(hit) == sorted(given) and hit["q_proj"] is hit["k_proj"] and hit["o_proj"] is not hit["q_proj"]
+    assert all(torch.equal(hit[k], given[k]) for k in given)
+    (entry,) = entry_files(tmp_path, "statistics")
+    assert entry.stat().st_size < 3 * gram.numel() * 8  # two matrices on disk, not three

@@ -34,6 +34,7 @@ HEADROOM = 0.85  # the share of a GPU the counted bytes may take: the rest is th
 RANK_ZERO_HOST_BYTES = 256 * 10**9  # rank 0's host RAM: a quarter of an 8-GPU node's 1 TB; the others need none
 ACTIVATION_BYTES = 2  # bf16-mixed: activations are kept in 16-bit
 GRAM_BYTES = 8  # SVD-LLM's Gram matrices accumulate in float64 (methods/calibration.py)
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,14 @@ class Phase:
     host_zero: int  # bytes of model state in rank 0's host RAM
     host_other: int  # ... in each other rank's host RAM
     what: str = field(default="", compare=False)
+
+
+def input_of(name: str) -> str:
+    """The tensor a Llama linear reads: q/k/v_proj share their attention block's input, gate/up_proj their MLP's,
+    and `activation_statistics` keeps one Gram matrix per input (tests/methods/test_calibration.py)."""
+    parent, _, kind = name.rpartition(".")
+    shared = next((group for group in SHARED_INPUTS if kind in group), (kind,))
+    return f"{parent}:{'/'.join(shared)}"
 
 
 def meta_llama(config: LlamaConfig) -> LlamaForCausalLM:
@@ -103,7 +112,8 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
     first_layer = {name.rsplit(".", 1)[-1]: lin for name, lin in targets.items() if ".layers.0." in name}
     largest = max(targets.values(), key=lambda lin: lin.weight.numel()).weight.shape
     svd_workspace = svd_workspace_bytes(*largest)
-    gram_bytes = sum(lin.in_features**2 * GRAM_BYTES for lin in targets.values())
+    grams = {input_of(name): lin.in_features for name, lin in targets.items()}
+    gram_bytes = sum(m * m * GRAM_BYTES for m in grams.values()) + max(grams.values()) ** 2 * GRAM_BYTES  # + 1 in flight
     target_bytes = sum(state_bytes(lin) for lin in targets.values())
 
     reparam = meta_llama(config)
@@ -142,7 +152,8 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
               compressed * 3, 0, "every parameter trains (post_finetune_params=all); a checkpoint on rank 0"),
         Phase("save", teacher_shard, 2 * compressed, 0, "rank 0: the model and its serialised copy"),
         Phase("calibrate (SVD-LLM)", 0, dense_bytes + gram_bytes, 0,
-              "rank 0: the input model and one float64 Gram matrix per targeted layer"),
+              "rank 0: the input model, one float64 Gram matrix per distinct layer input (q/k/v and gate/up share) and "
+              "one more in flight"),
     ]
 
 

@@ -7,7 +7,8 @@
   row's inputs (FWSVD). The gradient is the batch mean's (an empirical Fisher per batch, as FWSVD's
   reference implementation accumulates it), not per-example.
 
-Memory: a Gram matrix takes m² float64 entries per layer, kept on `stats_device` (the CPU by default).
+Memory: a Gram matrix takes m² float64 entries per distinct layer input (a Llama block has 3: q/k/v, o,
+gate/up, and down's), kept on `stats_device` (the CPU by default).
 """
 
 from __future__ import annotations
@@ -53,33 +54,33 @@ def activation_statistics(
 ) -> dict[str, ActivationStatistics]:
     """Run `model` over `batches` (dicts with input_ids, attention_mask) and record each layer's inputs.
 
-    Layers fed the same tensor (q/k/v_proj, gate/up_proj in a Llama block) share one product per batch: that
-    leaves 4 of a block's 7 Gram matrices to compute."""
-    stats = {name: ActivationStatistics() for name in layers}
+    Layers fed the same tensor (q/k/v_proj, gate/up_proj in a Llama block) share one record: its product is
+    computed once per batch and its Gram matrix held once (3 of a block's 7 then, not 7). A layer whose input
+    is shared in one batch and its own in another is an error, never a double count."""
+    stats: dict[str, ActivationStatistics] = {}
+    leader: dict[str, str] = {}  # layer -> the layer whose record it shares (itself, if it records)
+    # This batch: id(input) -> (the input, held so that its id stays unique; the first layer that took it).
+    seen: dict[int, tuple[torch.Tensor, str]] = {}
     current: dict[str, torch.Tensor] = {}
-    # This batch's products per input tensor, keyed by id; the tensor is held so that its id stays unique.
-    shared: dict[int, tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor | None]] = {}
-
-    def products(inputs: torch.Tensor) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
-        if id(inputs) not in shared:
-            x = inputs[current["mask"]].float()  # (tokens, m): padding excluded
-            shared[id(inputs)] = (
-                inputs,
-                x.shape[0],
-                (x.T @ x).to(stats_device, torch.float64) if gram else None,
-                x.abs().sum(0).to(stats_device, torch.float64) if abs_mean else None,
-            )
-        return shared[id(inputs)][1:]
 
     def recorder(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
-            tokens, gram_update, abs_update = products(args[0])
-            record = stats[name]
-            record.tokens += tokens
-            if gram_update is not None:
-                record.gram = gram_update if record.gram is None else record.gram + gram_update
-            if abs_update is not None:
-                record.abs_sum = abs_update if record.abs_sum is None else record.abs_sum + abs_update
+            first = seen.setdefault(id(args[0]), (args[0], name))[1]
+            if leader.setdefault(name, first) != first:
+                raise RuntimeError(f"{name}'s input was {leader[name]}'s in an earlier batch and {first}'s in this one: "
+                                   "the layers' statistics cannot share a record")
+            if first != name:
+                stats[name] = stats[first]
+                return
+            record = stats.setdefault(name, ActivationStatistics())
+            x = args[0][current["mask"]].float()  # (tokens, m): padding excluded
+            record.tokens += x.shape[0]
+            if gram:
+                product = (x.T @ x).to(stats_device, torch.float64)
+                record.gram = product if record.gram is None else record.gram.add_(product)
+            if abs_mean:
+                total = x.abs().sum(0).to(stats_device, torch.float64)
+                record.abs_sum = total if record.abs_sum is None else record.abs_sum.add_(total)
 
         return hook
 
@@ -89,11 +90,11 @@ def activation_statistics(
             for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False):
                 current["mask"] = batch["attention_mask"].bool()
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                shared.clear()
+                seen.clear()
         finally:
             for handle in handles:
                 handle.remove()
-    return stats
+    return {name: stats.get(name, ActivationStatistics()) for name in layers}
 
 
 def row_fisher(

@@ -174,7 +174,12 @@ class CalibrationStatistics:
             return row_fisher(self.model, self.targets, self.calibration(), self.loss_fn)
         stats = activation_statistics(self.model, self.targets, self.calibration(), gram=self.statistic == "gram",
                                       abs_mean=self.statistic == "abs_mean")
-        return {name: s.gram_mean if self.statistic == "gram" else s.abs_mean for name, s in stats.items()}
+        means: dict[int, torch.Tensor] = {}  # per shared record: layers fed one input get one tensor
+        for record in stats.values():
+            if id(record) not in means:
+                means[id(record)] = record.gram_mean if self.statistic == "gram" else record.abs_mean
+                record.gram = record.abs_sum = None  # its sum is spent: one extra matrix held at a time
+        return {name: means[id(record)] for name, record in stats.items()}
 
 
 @torch.no_grad()

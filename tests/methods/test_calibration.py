@@ -50,3 +50,35 @@ def test_gram_and_mean_abs_equal_those_of_the_captured_inputs():
     layer0 = "model.layers.0.self_attn."
     assert torch.equal(stats[layer0 + "q_proj"].gram, stats[layer0 + "v_proj"].gram)
     assert not torch.equal(stats[layer0 + "q_proj"].gram, stats[layer0 + "o_proj"].gram)
+
+
+@torch.no_grad()
+def test_layers_fed_one_input_share_one_record_and_a_changed_sharing_is_refused():
+    model = tiny_llama(seed=3)
+    targets = find_target_linears(model, LINEARS)
+    stats = activation_statistics(model, targets, padded_batches(torch.Generator().manual_seed(5)), gram=True,
+                                  abs_mean=False)
+    for block in ("model.layers.0.", "model.layers.1."):
+        attn, mlp = block + "self_attn.", block + "mlp."
+        assert stats[attn + "q_proj"] is stats[attn + "k_proj"] is stats[attn + "v_proj"]
+        assert stats[mlp + "gate_proj"] is stats[mlp + "up_proj"]
+        distinct = {id(stats[attn + "q_proj"]), id(stats[attn + "o_proj"]), id(stats[mlp + "gate_proj"]),
+                    id(stats[mlp + "down_proj"])}
+        assert len(distinct) == 4  # a Llama block holds 4 Gram matrices, not 7
+
+    # k_proj fed its own copy of the input from the second batch on: sharing q's record would count twice.
+    k_proj = targets["model.layers.0.self_attn.k_proj"]
+    calls = {"n": 0}
+
+    def own_copy(module, args):
+        calls["n"] += 1
+        return (args[0].clone(),) if calls["n"] > 1 else None
+
+    k_proj.register_forward_pre_hook(own_copy, prepend=True)
+    try:
+        activation_statistics(model, targets, padded_batches(torch.Generator().manual_seed(6)), gram=True,
+                              abs_mean=False)
+    except RuntimeError as err:
+        assert "k_proj's input was" in str(err) and "q_proj" in str(err)
+    else:
+        raise AssertionError("a sharing that changed between batches was not refused")
