@@ -6,7 +6,8 @@ the meta device (no storage) and measured with `state_bytes`; the bases are take
 most a run keeps (a real weight's numerical rank is no higher). Who holds what follows `lit/sharding.py`:
 rank 0 alone holds the model between training stages, the other ranks its meta replica; while a stage
 trains, every rank holds 1/world of the parameters, gradients, AdamW moments and the frozen teacher, plus
-the whole parameters of the decoder layers being computed.
+the whole parameters of the decoder layers being computed, all-gathered in bf16 (`trainer.precision=bf16-mixed`,
+which the plan assumes throughout).
 
 Activations are an estimate, stated where they are counted: per decoder layer, s·b·h·(34 + 5·a·s/h) bytes
 in 16-bit (Korthikanti et al., 2022, without activation recomputation; a Llama has no dropout masks, so this
@@ -126,7 +127,8 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
     root = reparam_bytes - config.num_hidden_layers * reparam_layer  # embedding, final norm, head: one FSDP unit
 
     teacher_shard = dense_bytes // w if shape.distill else 0
-    teacher_gathered = 2 * dense_layer if shape.distill else 0
+    # Whole while computed: 2 decoder layers (one prefetched) and the root, all-gathered in bf16 (half of float32).
+    teacher_gathered = (2 * dense_layer) // 2 if shape.distill else 0
     logits = shape.micro_batch * shape.seq_len * config.vocab_size * 4 * (4 if shape.distill else 2)
     ranks = {t: (lin.out_features, lin.in_features, min(lin.weight.shape) + shape.additional_dim)
              for t, lin in first_layer.items()}
@@ -141,14 +143,15 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
               "rank 0: the teacher, the reparameterised model, one layer's SVD, and the replaced dense layers "
               "(referenced until `reparameterize` returns)"),
         Phase("train (stage 1)",
-              reparam_bytes // w + 3 * trainable // w + teacher_shard + 2 * reparam_layer + root + teacher_gathered
+              reparam_bytes // w + 3 * trainable // w + teacher_shard + (2 * reparam_layer + root) // 2 + teacher_gathered
               + activations, reparam_bytes + 2 * trainable, 0,
-              "shards of params, grads and AdamW moments and of the teacher; 2 decoder layers and the root whole; "
+              "shards of params, grads and AdamW moments and of the teacher; 2 decoder layers and the root whole "
+              "(gathered in bf16); "
               "activations. Rank 0's host: a checkpoint, consolidated (a resume reads it by mmap)"),
         Phase("recompose", teacher_shard, reparam_bytes + svd_workspace, 0,
               "rank 0: the gathered model, one layer's QR/SVD; the GPUs keep the teacher's shards"),
         Phase("post-finetune (stage 2)",
-              4 * compressed // w + teacher_shard + 2 * compressed_layer + root + teacher_gathered + activations,
+              4 * compressed // w + teacher_shard + (2 * compressed_layer + root) // 2 + teacher_gathered + activations,
               compressed * 3, 0, "every parameter trains (post_finetune_params=all); a checkpoint on rank 0"),
         Phase("save", teacher_shard, 2 * compressed, 0, "rank 0: the model and its serialised copy"),
         Phase("calibrate (SVD-LLM)", 0, dense_bytes + gram_bytes, 0,

@@ -89,16 +89,17 @@ class CompressionModule(AnswerLossModule):
         would be a parameter it waits for in every step. Under FSDP the model is sharded here (the strategy
         asks the module to), which replaces every parameter by its shard: the trainable ones are those. The
         shards are filled from rank 0, the one rank that holds the model between stages (`lit/sharding.py`);
-        the teacher is sharded the same way."""
+        the teacher is sharded the same way. Under bf16-mixed the layers are all-gathered in bf16."""
         self.trainable = set_trainable(self.model, self.select_trainable(self.model))
         if not self.trainable:
             raise RuntimeError("nothing to train: the trainable-parameter selector returned no parameters")
         strategy = self.trainer.strategy
         if isinstance(strategy, ModelParallelStrategy) and not is_sharded(self.model):
-            shard_from_rank_zero(self.model, strategy.root_device)
+            gathered = torch.bfloat16 if self.trainer.precision == "bf16-mixed" else None
+            shard_from_rank_zero(self.model, strategy.root_device, gathered)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
             if self.distill is not None and not is_sharded(self.distill.teacher):
-                shard_from_rank_zero(self.distill.teacher, strategy.root_device)  # no whole copy on any device
+                shard_from_rank_zero(self.distill.teacher, strategy.root_device, gathered)  # no GPU holds it whole
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         optimizer = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.weight_decay)

@@ -46,13 +46,18 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def shard(model: nn.Module) -> None:
-    """`fully_shard` each decoder layer, then the root (embedding, final norm, head), in place."""
-    from torch.distributed.fsdp import fully_shard
+def shard(model: nn.Module, compute_dtype: torch.dtype | None = None) -> None:
+    """`fully_shard` each decoder layer, then the root (embedding, final norm, head), in place.
 
+    With `compute_dtype` (bf16 under `trainer.precision=bf16-mixed`) the parameters are all-gathered in it, which
+    halves the gathered layers and the traffic, while the shards, the optimizer and the gradients' reduce-scatter
+    stay in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if compute_dtype else None)
     for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -91,8 +96,8 @@ def has_storage(model: nn.Module) -> bool:
     return not any(t.is_meta for t in model.parameters())
 
 
-def shard_from_rank_zero(model: nn.Module, device: torch.device) -> None:
-    """`shard` `model`, whose values rank 0 holds (the others may hold its meta replica), and fill every rank's
+def shard_from_rank_zero(model: nn.Module, device: torch.device, compute_dtype: torch.dtype | None = None) -> None:
+    """`shard` `model` (in `compute_dtype`), whose values rank 0 holds (the others may hold its meta replica), and fill every rank's
     shards on `device` from rank 0, one full tensor broadcast at a time; non-persistent buffers (a Llama's
     rotary `inv_freq`), which are in no state dict, are broadcast too."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -100,7 +105,7 @@ def shard_from_rank_zero(model: nn.Module, device: torch.device) -> None:
     source = model.state_dict() if world_rank() == 0 else {}  # references into rank 0's model, no copies
     persistent = set(source) if world_rank() == 0 else set(model.state_dict())
     stateless = [name for name, _ in model.named_buffers() if name not in persistent]
-    shard(model)
+    shard(model, compute_dtype)
     if world_rank() == 0:
         model.to(device)
     else:
