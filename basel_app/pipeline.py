@@ -87,7 +87,7 @@ from basel_app.lowrank import (
 from basel_app.methods.budget import SizeBudget, fixed_parameters, resolve_budget
 from basel_app.lowrank.factorizations import Factorization
 from basel_app.methods.distillation import Distillation
-from basel_app.methods.one_shot import INIT_FACTORIZATIONS, factorize_layers, svd_bases_of, truncate_layers
+from basel_app.methods.one_shot import INIT_FACTORIZATIONS, LazyMapping, factorize_layers, svd_bases_of, truncate_layers
 from basel_app.models import (
     check_model_source,
     load_compressed,
@@ -460,8 +460,9 @@ def compress(
         if method.init == "svd":  # the paper's plain SVD
             factorizations = svd_bases_of(targets, ctx.cache)
         else:
-            factorizations = factorize_targets(ctx, model, targets, INIT_FACTORIZATIONS[method.init])
-            found["conditioning"] = conditioning(factorizations)
+            computed = factorize_targets(ctx, model, targets, INIT_FACTORIZATIONS[method.init])
+            found["conditioning"] = conditioning(computed)
+            factorizations = LazyMapping(list(computed), computed.pop)  # each handed over once, then freed
         reparameterize(model, targets, additional_dim=method.additional_dim, free_bases=method.free_bases,
                        seed=cfg.seed, factorizations=factorizations)
         return model, found

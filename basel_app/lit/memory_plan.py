@@ -32,7 +32,7 @@ from basel_app.lowrank.reparam import cheaper_path, decomposition_dtype
 ALL_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPU_BYTES = 80 * 10**9  # an A100-80GB / H100-80GB
 HEADROOM = 0.85  # the share of a GPU the counted bytes may take: the rest is the allocator's and CUDA's
-RANK_ZERO_HOST_BYTES = 256 * 10**9  # rank 0's host RAM: a quarter of an 8-GPU node's 1 TB; the others need none
+RANK_ZERO_HOST_BYTES = 320 * 10**9  # rank 0's host RAM: a third of an 8-GPU node's 1 TB; the others need none
 ACTIVATION_BYTES = 2  # bf16-mixed: activations are kept in 16-bit
 GRAM_BYTES = 8  # SVD-LLM's Gram matrices accumulate in float64 (methods/calibration.py)
 SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -84,11 +84,15 @@ def full_rank_factors(targets: dict[str, nn.Linear]) -> dict[str, Factorization]
     return factors
 
 
+def factors_bytes(n: int, m: int) -> int:
+    """An n×m weight's full-rank U, s, V in the decomposition dtype (what a one-shot factorisation returns)."""
+    k = min(n, m)
+    return (n * k + k + m * k) * (torch.finfo(decomposition_dtype(n * m)).bits // 8)
+
+
 def svd_workspace_bytes(n: int, m: int) -> int:
     """One layer's SVD beside the model: the weight cast to the decomposition dtype, and U, s, V."""
-    k = min(n, m)
-    itemsize = torch.finfo(decomposition_dtype(n * m)).bits // 8
-    return (n * m + n * k + k + m * k) * itemsize
+    return factors_bytes(n, m) + n * m * (torch.finfo(decomposition_dtype(n * m)).bits // 8)
 
 
 def layer_activation_bytes(config: LlamaConfig, shape: RunShape, ranks: dict[str, tuple[int, int, int]]) -> int:
@@ -104,7 +108,7 @@ def layer_activation_bytes(config: LlamaConfig, shape: RunShape, ranks: dict[str
 
 
 def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
-    """Bytes per rank in each phase of a Basel/BSI run under FSDP, and in SVD-LLM's calibration."""
+    """Bytes per rank in each phase of a Basel/BSI run under FSDP, and in SVD-LLM's one-shot stage."""
     w = shape.world_size
     dense = meta_llama(config)
     dense_bytes = state_bytes(dense)
@@ -114,8 +118,10 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
     largest = max(targets.values(), key=lambda lin: lin.weight.numel()).weight.shape
     svd_workspace = svd_workspace_bytes(*largest)
     grams = {input_of(name): lin.in_features for name, lin in targets.items()}
-    gram_bytes = sum(m * m * GRAM_BYTES for m in grams.values()) + max(grams.values()) ** 2 * GRAM_BYTES  # + 1 in flight
+    in_flight = max(grams.values()) ** 2 * GRAM_BYTES  # one batch's product, or one mean beside the sums
+    gram_bytes = sum(m * m * GRAM_BYTES for m in grams.values()) + in_flight
     target_bytes = sum(state_bytes(lin) for lin in targets.values())
+    all_factors = sum(factors_bytes(*lin.weight.shape) for lin in targets.values())
 
     reparam = meta_llama(config)
     reparam_targets = find_target_linears(reparam, list(shape.target_modules))
@@ -139,12 +145,16 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
     teacher_host = dense_bytes if shape.distill else 0
     return [
         Phase("load", 0, dense_bytes, 0, "rank 0 loads the input model; the others build its meta replica"),
-        Phase("reparameterise", 0, teacher_host + target_bytes + reparam_bytes + svd_workspace, 0,
+        Phase("reparameterise (init=svd)", 0, teacher_host + target_bytes + reparam_bytes + svd_workspace, 0,
               "rank 0: the teacher, the reparameterised model, one layer's SVD, and the replaced dense layers "
               "(referenced until `reparameterize` returns)"),
+        Phase("reparameterise (init=whitened)", 0,
+              teacher_host + max(dense_bytes + gram_bytes + all_factors + svd_workspace, target_bytes + reparam_bytes),
+              0, "rank 0: the teacher, the model, the Gram matrices and every layer's factors; each is handed to "
+              "`reparameterize` once and freed"),
         Phase("train (stage 1)",
-              reparam_bytes // w + 3 * trainable // w + teacher_shard + (2 * reparam_layer + root) // 2 + teacher_gathered
-              + activations, reparam_bytes + 2 * trainable, 0,
+              reparam_bytes // w + 3 * trainable // w + teacher_shard + (2 * reparam_layer + root) // 2
+              + teacher_gathered + activations, reparam_bytes + 2 * trainable, 0,
               "shards of params, grads and AdamW moments and of the teacher; 2 decoder layers and the root whole "
               "(gathered in bf16); "
               "activations. Rank 0's host: a checkpoint, consolidated (a resume reads it by mmap)"),
@@ -154,9 +164,11 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
               4 * compressed // w + teacher_shard + (2 * compressed_layer + root) // 2 + teacher_gathered + activations,
               compressed * 3, 0, "every parameter trains (post_finetune_params=all); a checkpoint on rank 0"),
         Phase("save", teacher_shard, 2 * compressed, 0, "rank 0: the model and its serialised copy"),
-        Phase("calibrate (SVD-LLM)", 0, dense_bytes + gram_bytes, 0,
-              "rank 0: the input model, one float64 Gram matrix per distinct layer input (q/k/v and gate/up share) and "
-              "one more in flight"),
+        Phase("factorise (SVD-LLM)", 0, dense_bytes + gram_bytes + all_factors + svd_workspace, 0,
+              "rank 0: the input model, one float64 Gram matrix per distinct layer input (q/k/v and gate/up share; "
+              "one more in flight), every layer's factors"),
+        Phase("truncate (SVD-LLM)", 0, dense_bytes + all_factors + compressed, 0,
+              "rank 0: the model, the factors, the thin layers made of them"),
     ]
 
 
@@ -171,7 +183,8 @@ def table(phases: list[Phase]) -> str:
     """A Markdown table in GB (10⁹ bytes)."""
     lines = ["| phase | GPU per rank | rank 0 host | other ranks' host | what |", "| --- | ---: | ---: | ---: | --- |"]
     for p in phases:
-        lines.append(f"| {p.name} | {p.gpu / 1e9:.1f} | {p.host_zero / 1e9:.1f} | {p.host_other / 1e9:.1f} | {p.what} |")
+        gb = [f"{value / 1e9:.1f}" for value in (p.gpu, p.host_zero, p.host_other)]
+        lines.append(f"| {p.name} | {' | '.join(gb)} | {p.what} |")
     return "\n".join(lines)
 
 
