@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import nn
 
@@ -416,7 +417,15 @@ def factorize_targets(
         return [{key: value.to(device) for key, value in batch.items()} for batch in batches]
 
     return factorize_layers(method_name, model, targets, calibration, lambda m, b: m(**b).loss, method.asvd_alpha,
-                            ctx.cache)
+                            ctx.cache, calibration_device(cfg))
+
+
+def calibration_device(cfg: RunConfig) -> torch.device | None:
+    """The accelerator the activation statistics run on, one decoder layer at a time, while the model stays
+    where it is (the CPU, between stages); None on a CPU run."""
+    if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
 
 
 def conditioning(factorizations: dict[str, Factorization]) -> dict[str, str]:

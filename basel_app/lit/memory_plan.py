@@ -48,6 +48,7 @@ class RunShape:
     additional_dim: int = 32  # r̃
     compression_ratio: float = 2.0  # of the whole model, for what stage 2 and saving hold
     distill: bool = True  # a frozen teacher (the input model) beside the student in stages 1 and 2
+    calibration_batches: int = 8  # method.calibration_batches (of micro_batch × seq_len tokens)
     target_modules: tuple[str, ...] = ALL_LINEARS
 
 
@@ -121,6 +122,8 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
     in_flight = max(grams.values()) ** 2 * GRAM_BYTES  # one batch's product, or one mean beside the sums
     gram_bytes = sum(m * m * GRAM_BYTES for m in grams.values()) + in_flight
     target_bytes = sum(state_bytes(lin) for lin in targets.values())
+    hidden = shape.calibration_batches * shape.micro_batch * shape.seq_len * config.hidden_size * 4
+    calibrate_gpu = dense_layer + 2 * hidden + max(grams.values()) ** 2 * 4  # a layer, its in/outputs, a product
     all_factors = sum(factors_bytes(*lin.weight.shape) for lin in targets.values())
 
     reparam = meta_llama(config)
@@ -145,10 +148,11 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
     teacher_host = dense_bytes if shape.distill else 0
     return [
         Phase("load", 0, dense_bytes, 0, "rank 0 loads the input model; the others build its meta replica"),
-        Phase("reparameterise (init=svd)", 0, teacher_host + target_bytes + reparam_bytes + svd_workspace, 0,
-              "rank 0: the teacher, the reparameterised model, one layer's SVD, and the replaced dense layers "
-              "(referenced until `reparameterize` returns)"),
-        Phase("reparameterise (init=whitened)", 0,
+        Phase("reparameterise (init=svd)", svd_workspace,
+              teacher_host + target_bytes + reparam_bytes + svd_workspace, 0,
+              "rank 0: the teacher, the reparameterised model and the replaced dense layers (referenced until "
+              "`reparameterize` returns); each GPU: the SVD of one layer at a time (`spread`)"),
+        Phase("reparameterise (init=whitened)", svd_workspace + in_flight,
               teacher_host + max(dense_bytes + gram_bytes + all_factors + svd_workspace, target_bytes + reparam_bytes),
               0, "rank 0: the teacher, the model, the Gram matrices and every layer's factors; each is handed to "
               "`reparameterize` once and freed"),
@@ -164,9 +168,11 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
               4 * compressed // w + teacher_shard + (2 * compressed_layer + root) // 2 + teacher_gathered + activations,
               compressed * 3, 0, "every parameter trains (post_finetune_params=all); a checkpoint on rank 0"),
         Phase("save", teacher_shard, 2 * compressed, 0, "rank 0: the model and its serialised copy"),
-        Phase("factorise (SVD-LLM)", 0, dense_bytes + gram_bytes + all_factors + svd_workspace, 0,
+        Phase("factorise (SVD-LLM)", max(svd_workspace + in_flight, calibrate_gpu),
+              dense_bytes + gram_bytes + all_factors + svd_workspace, 0,
               "rank 0: the input model, one float64 Gram matrix per distinct layer input (q/k/v and gate/up share; "
-              "one more in flight), every layer's factors"),
+              "one more in flight), every layer's factors; rank 0's GPU: one decoder layer at a time over the "
+              "calibration batches' hidden states; each GPU: one layer's whitened SVD at a time"),
         Phase("truncate (SVD-LLM)", 0, dense_bytes + all_factors + compressed, 0,
               "rank 0: the model, the factors, the thin layers made of them"),
     ]

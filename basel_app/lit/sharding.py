@@ -4,8 +4,9 @@ are sharded over the processes while the stage trains, and the stage hands back 
 Between stages rank 0 alone holds the model's storage; every other rank holds its module tree on the meta
 device (no memory), so the host RAM of a node holds one model, not one per process:
 
-    between stages  on_host(build)                     rank 0 builds or changes the model; the others get its
-                                                       meta replica (the module tree, shapes and ties)
+    between stages  on_host(build)                     rank 0 builds or changes the model, the others run the
+                                                       SVDs it spreads, then get its meta replica (the
+                                                       module tree, shapes and ties)
     before fit      blueprint = meta_replica(model)    what the stage's end fills
     configure       shard_from_rank_zero(model, dev)   `fully_shard` per decoder layer, then the root; every
                                                        rank's shards filled from rank 0, one tensor at a time
@@ -19,8 +20,8 @@ returns a new, unsharded model built from the blueprint. Between steps the phase
 `full_tensor` (every rank calls it: it is a collective). Lightning's `ModelParallelStrategy` runs the stage
 with `data_parallel_size` = every process and no tensor parallelism.
 
-What this does not do yet (README, "Several processes"): load or decompose the model shard by shard (rank 0
-loads and decomposes the whole model on its CPU).
+What this does not do yet (README, "Several processes"): load the model shard by shard (rank 0 loads the
+whole model, and calibrates it for the data-aware factorisations, on its CPU).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from basel_app.distributed import broadcast_from_zero, full_tensor, is_distributed, on_rank_zero, world_rank
+from basel_app.spread import serve, serving
 
 T = TypeVar("T")
 
@@ -76,17 +78,21 @@ def meta_replica(model: nn.Module) -> nn.Module:
 
 def on_host(build: Callable[[], tuple[nn.Module, T]], hosted: bool) -> tuple[nn.Module, T]:
     """`build()` -> (model, result). With `hosted` and several processes, rank 0 alone runs it and keeps the
-    model; every other rank gets the model's meta replica and rank 0's (picklable) result. Otherwise every
-    rank runs it (DDP keeps a whole model on every rank)."""
+    model; every other rank meanwhile runs the decompositions rank 0 spreads (`spread`), then gets the
+    model's meta replica and rank 0's (picklable) result. Otherwise every rank runs it (DDP keeps a whole
+    model on every rank)."""
     if not (hosted and is_distributed()):
         return build()
     built: list[nn.Module] = []
 
     def on_zero() -> tuple[nn.Module, T]:
-        model, result = build()
+        with serving():
+            model, result = build()
         built.append(model)
         return meta_replica(model), result
 
+    if world_rank() != 0:
+        serve()
     replica, result = on_rank_zero(on_zero)
     return (built[0] if built else replica), result
 

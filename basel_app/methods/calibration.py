@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,8 +52,15 @@ def activation_statistics(
     gram: bool,
     abs_mean: bool,
     stats_device: torch.device | str = "cpu",
+    device: torch.device | None = None,
 ) -> dict[str, ActivationStatistics]:
     """Run `model` over `batches` (dicts with input_ids, attention_mask) and record each layer's inputs.
+
+    When every layer is inside a decoder layer (`model.model.layers`), the model runs one decoder layer at a
+    time over all batches, on `device` (an accelerator; default: where the model is), as SVD-LLM's
+    low-resource path does: the inputs of the first decoder layer are captured once, and each layer's outputs
+    are the next one's inputs, so only one layer and the batches' hidden states are ever on `device`. Other
+    layers (a targeted head) get a whole forward per batch instead. Both compute the same statistics.
 
     Layers fed the same tensor (q/k/v_proj, gate/up_proj in a Llama block) share one record: its product is
     computed once per batch and its Gram matrix held once (3 of a block's 7 then, not 7). A layer whose input
@@ -67,8 +75,8 @@ def activation_statistics(
         def hook(module: nn.Module, args: tuple) -> None:
             first = seen.setdefault(id(args[0]), (args[0], name))[1]
             if leader.setdefault(name, first) != first:
-                raise RuntimeError(f"{name}'s input was {leader[name]}'s in an earlier batch and {first}'s in this one: "
-                                   "the layers' statistics cannot share a record")
+                raise RuntimeError(f"{name}'s input was {leader[name]}'s in an earlier batch and {first}'s in this "
+                                   "one: the layers' statistics cannot share a record")
             if first != name:
                 stats[name] = stats[first]
                 return
@@ -84,17 +92,79 @@ def activation_statistics(
 
         return hook
 
-    handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
+    blocks = getattr(getattr(model, "model", None), "layers", None)
+    inside = {} if blocks is None else {id(m): block for block in blocks for m in block.modules()}
     with eval_mode(model):
-        try:
-            for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False):
-                current["mask"] = batch["attention_mask"].bool()
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                seen.clear()
-        finally:
-            for handle in handles:
-                handle.remove()
+        if blocks is not None and all(id(layer) in inside for layer in layers.values()):
+            inputs = first_block_inputs(model, blocks[0], batches, device)
+            for block in tqdm(blocks, desc="calibrate", unit="layer", leave=False):
+                handles = [layer.register_forward_pre_hook(recorder(name))
+                           for name, layer in layers.items() if inside[id(layer)] is block]
+                home = next(block.parameters()).device
+                block.to(inputs[0][0].device)
+                try:
+                    for i, (hidden, kwargs, mask) in enumerate(inputs):
+                        current["mask"] = mask
+                        out = block(hidden, **kwargs)
+                        inputs[i] = (out[0] if isinstance(out, tuple) else out, kwargs, mask)
+                        seen.clear()
+                finally:
+                    block.to(home)
+                    for handle in handles:
+                        handle.remove()
+        else:
+            handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
+            try:
+                for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False):
+                    current["mask"] = batch["attention_mask"].bool()
+                    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    seen.clear()
+            finally:
+                for handle in handles:
+                    handle.remove()
     return {name: stats.get(name, ActivationStatistics()) for name in layers}
+
+
+class _Captured(Exception):
+    """Stops a forward once the first decoder layer's inputs are in hand."""
+
+
+def first_block_inputs(
+    model: nn.Module, first: nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device | None
+) -> list[tuple[torch.Tensor, dict[str, Any], torch.Tensor]]:
+    """Each batch's (hidden states, keyword arguments, padding mask) as the first decoder layer gets them
+    (the causal mask and rotary embeddings among the keywords), moved to `device`; nothing after the
+    embedding runs."""
+    captured: list[tuple[tuple, dict[str, Any]]] = []
+
+    def capture(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        captured.append((args, kwargs))
+        raise _Captured
+
+    handle = first.register_forward_pre_hook(capture, with_kwargs=True)
+    inputs = []
+    try:
+        for batch in batches:
+            try:
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            except _Captured:
+                pass
+            args, kwargs = captured.pop()
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            target = device or hidden.device
+            moved = {k: _to(v, target) for k, v in kwargs.items()}
+            inputs.append((hidden.to(target), moved, batch["attention_mask"].bool().to(target)))
+    finally:
+        handle.remove()
+    return inputs
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
 
 
 def row_fisher(

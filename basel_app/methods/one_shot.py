@@ -35,6 +35,7 @@ from basel_app.lowrank.factorizations import (
 from basel_app.lowrank.reparam import FLOAT64_MAX_NUMEL
 from basel_app.methods.budget import SizeBudget
 from basel_app.methods.calibration import activation_statistics, row_fisher
+from basel_app.spread import Prefetched, Task, serving_device_type
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ def factorize_layers(
     loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
     asvd_alpha: float = 0.5,
     cache: DecompositionCache | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Factorization]:
     """Each targeted layer's factorisation; `calibration()` yields the task's training batches afresh.
+    The activation statistics run one decoder layer at a time on `device` (default: where the model is).
 
     With a `cache`, each layer's factorisation is loaded when its weight, the method's settings and (for
     the data-aware methods) the statistics' inputs match a stored one; the statistics themselves are
@@ -63,24 +66,25 @@ def factorize_layers(
     if method not in ONE_SHOT_METHODS:
         raise ValueError(f"method={method!r} is not a one-shot method; choose one of: {', '.join(ONE_SHOT_METHODS)}")
     cache = cache or DecompositionCache(None)
-    statistics = CalibrationStatistics(STATISTIC.get(method), model, targets, calibration, loss_fn, cache)
+    statistics = CalibrationStatistics(STATISTIC.get(method), model, targets, calibration, loss_fn, cache, device)
     settings = factorization_settings(method, asvd_alpha)
 
-    def factorize(name: str) -> Factorization:
-        weight = targets[name].weight
+    def task(name: str) -> Task:
+        weight = targets[name].weight.detach()
         if method == "svd":
-            return svd_factorization(weight)
+            return svd_factorization, (weight,)
         if method == "fwsvd":
-            return fwsvd_factorization(weight, statistics.values()[name])
+            return fwsvd_factorization, (weight, statistics.values()[name])
         if method == "svd_llm":
-            return svd_llm_factorization(weight, statistics.values()[name], WHITENING_DAMPING)
-        return asvd_factorization(weight, statistics.values()[name], asvd_alpha)
+            return svd_llm_factorization, (weight, statistics.values()[name], WHITENING_DAMPING)
+        return asvd_factorization, (weight, statistics.values()[name], asvd_alpha)
 
     def key(name: str) -> dict[str, Any]:
         weight = targets[name].weight
         inputs = {"layer": name, "statistics": statistics.fingerprint()} if method != "svd" else {}
-        return {"weight": tensor_digest(weight), "device": weight.device.type, **settings, **inputs}
+        return {"weight": tensor_digest(weight), "device": serving_device_type(weight.device), **settings, **inputs}
 
+    factorize = Prefetched(list(targets), task)  # the SVDs of the layers that miss, one per serving rank at a time
     factors = {
         name: cache.fetch_factorization(method, partial(key, name), partial(factorize, name), layer.weight.device)
         for name, layer in targets.items()
@@ -104,17 +108,25 @@ def factorization_settings(method: str, asvd_alpha: float) -> dict[str, Any]:
     return settings
 
 
+def plain_bases(weight: torch.Tensor) -> Factorization:
+    """`svd_bases` as a factorisation (a module-level function: a task `spread` can send to another rank)."""
+    return Factorization(*svd_bases(weight))
+
+
 def svd_bases_of(targets: dict[str, nn.Linear], cache: DecompositionCache | None = None) -> Mapping[str, Factorization]:
     """Basel/BSI's plain bases (`method.init=svd`): each target's `svd_bases`, as `BaselLinear.from_linear`
-    takes them, computed (or loaded from `cache`) one layer at a time as `reparameterize` asks for it."""
+    takes them, computed (or loaded from `cache`) one layer at a time as `reparameterize` asks for it, or one
+    layer per rank at a time while the other ranks serve (`spread`)."""
     cache = cache or DecompositionCache(None)
     settings = factorization_settings("svd", 0.0)
+    compute = Prefetched(list(targets), lambda name: (plain_bases, (targets[name].weight.detach(),)))
 
     def bases(name: str) -> Factorization:
         weight = targets[name].weight
         return cache.fetch_factorization(
-            "svd_bases", lambda: {"weight": tensor_digest(weight), "device": weight.device.type, **settings},
-            lambda: Factorization(*svd_bases(weight)), weight.device,
+            "svd_bases",
+            lambda: {"weight": tensor_digest(weight), "device": serving_device_type(weight.device), **settings},
+            partial(compute, name), weight.device,
         )
 
     return LazyMapping(list(targets), bases)
@@ -150,16 +162,19 @@ class CalibrationStatistics:
     first use; its fingerprint (the whole model's state, the targets, the batches) on first use too."""
 
     def __init__(self, statistic: str | None, model: nn.Module, targets: dict[str, nn.Linear], calibration: Batches,
-                 loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor], cache: DecompositionCache):
+                 loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor], cache: DecompositionCache,
+                 device: torch.device | None = None):
         self.statistic, self.model, self.targets, self.calibration, self.loss_fn = statistic, model, targets, calibration, loss_fn
-        self.cache = cache
+        self.cache, self.device = cache, device
         self._values: dict[str, torch.Tensor] | None = None
         self._fingerprint: dict[str, Any] | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:
+            where = (self.device or next(self.model.parameters()).device).type  # a GPU's sums round differently
             self._fingerprint = {"statistic": self.statistic, "model": state_digest(self.model),
-                                 "targets": list(self.targets), "data": batches_digest(self.calibration())}
+                                 "targets": list(self.targets), "data": batches_digest(self.calibration()),
+                                 "device": where}
         return self._fingerprint
 
     def values(self) -> dict[str, torch.Tensor]:
@@ -173,7 +188,7 @@ class CalibrationStatistics:
         if self.statistic == "row_fisher":
             return row_fisher(self.model, self.targets, self.calibration(), self.loss_fn)
         stats = activation_statistics(self.model, self.targets, self.calibration(), gram=self.statistic == "gram",
-                                      abs_mean=self.statistic == "abs_mean")
+                                      abs_mean=self.statistic == "abs_mean", device=self.device)
         means: dict[int, torch.Tensor] = {}  # per shared record: layers fed one input get one tensor
         for record in stats.values():
             if id(record) not in means:

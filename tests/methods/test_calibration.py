@@ -82,3 +82,23 @@ def test_layers_fed_one_input_share_one_record_and_a_changed_sharing_is_refused(
         assert "k_proj's input was" in str(err) and "q_proj" in str(err)
     else:
         raise AssertionError("a sharing that changed between batches was not refused")
+
+
+@torch.no_grad()
+def test_one_decoder_layer_at_a_time_gives_the_whole_forwards_statistics_and_never_runs_the_head():
+    model = tiny_llama(seed=8)
+    targets = find_target_linears(model, LINEARS)
+    batches = padded_batches(torch.Generator().manual_seed(9))
+    head_calls = []
+    handle = model.lm_head.register_forward_pre_hook(lambda module, args: head_calls.append(1))
+    by_layer = activation_statistics(model, targets, batches, gram=True, abs_mean=True)
+    handle.remove()
+    assert head_calls == []  # the layer-by-layer path stops at the first decoder layer's inputs
+    # A targeted head is outside every decoder layer: the statistics come from whole forwards instead.
+    with_head = {**targets, "lm_head": model.lm_head}
+    whole = activation_statistics(model, with_head, batches, gram=True, abs_mean=True)
+    assert whole["lm_head"].tokens == by_layer[next(iter(targets))].tokens
+    for name in targets:
+        scale = whole[name].gram.abs().max().item()
+        torch.testing.assert_close(by_layer[name].gram, whole[name].gram, rtol=0, atol=1e-6 * scale)
+        torch.testing.assert_close(by_layer[name].abs_sum, whole[name].abs_sum, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,65 @@
+"""Decompositions spread over 2 real gloo processes while rank 0 holds the model: each rank factors its share
+of the layers, and rank 0 gets exactly the factors it would have computed alone; a helper's error is rank 0's."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from basel_app.lowrank import find_target_linears
+from basel_app.methods.one_shot import factorize_layers, plain_bases, svd_bases_of
+from basel_app.spread import serve, serving, spread
+
+from ..lowrank.helpers import LLAMA_TARGETS, tiny_llama
+from ..test_decomposition_cache import batches
+
+
+def _refuse() -> None:
+    raise ValueError("this layer cannot be factored")
+
+
+def _factors_equal(a, b) -> bool:
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("left", "values", "right"))
+
+
+def _worker(rank: int, init_file: str, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        if rank != 0:
+            results[rank] = serve()
+            return
+        model = tiny_llama(seed=4)
+        targets = find_target_linears(model, LLAMA_TARGETS)
+        data = batches()
+        with serving():
+            bases = dict(svd_bases_of(targets).items())
+            whitened = factorize_layers("svd_llm", model, targets, lambda: data, lambda m, b: m(**b).loss)
+            try:
+                spread([(plain_bases, (torch.eye(3),)), (_refuse, ())])
+                error = None
+            except RuntimeError as err:
+                error = str(err)
+        alone = factorize_layers("svd_llm", model, targets, lambda: data, lambda m, b: m(**b).loss)
+        results[0] = (
+            len(targets),
+            all(_factors_equal(bases[n], plain_bases(targets[n].weight.detach())) for n in targets),
+            all(_factors_equal(whitened[n], alone[n]) and whitened[n].note == alone[n].note for n in targets),
+            error,
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_factors_its_share_and_rank_zero_gets_its_own_factors(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+    layers, bases_same, whitened_same, error = results[0]
+    assert bases_same and whitened_same
+    # Rank 1 took every second layer of both passes, and the second task of the failing round.
+    assert results[1] == 2 * (layers // 2) + 1
+    assert error is not None and "rank 1" in error and "this layer cannot be factored" in error
+
+
+def test_outside_serving_everything_runs_here():
+    assert spread([(torch.add, (torch.ones(2), 1))])[0].tolist() == [2.0, 2.0]
