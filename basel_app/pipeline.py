@@ -79,6 +79,7 @@ from basel_app.lowrank import (
     find_target_linears,
     iterations_per_pruning,
     layer_ranks,
+    recompose_layer,
     recompose_model,
     recomposed_singular_values,
     reparameterize,
@@ -101,6 +102,7 @@ from basel_app.models.compressed_io import weight_bytes_on_disk
 from basel_app.models.quantization import quantize_linears
 from basel_app.plots import save_run_pictures
 from basel_app.preemption import Preemption
+from basel_app.spread import Prefetched
 
 log = logging.getLogger(__name__)
 
@@ -494,13 +496,18 @@ def compress(
     def recomposed() -> tuple[nn.Module, dict[str, Any]]:
         spectra.add("pruned", kept_singular_values(model))
         kept = kept_bases(model)
-        ranks = recompose_model(model)
+        ranks = recompose_model(model, recompose_spread)
         spectra.add("recomposed", recomposed_singular_values(model, list(ranks)))
         return model, {"recomposed_ranks": ranks, "kept_bases": kept}
 
     model, found = on_host(recomposed, hosted(ctx.cfg))  # the spectra are rank 0's to write
     ctx.clock.split("recompose")
     return model, {**stage1, **found, "importance": scorer.records}
+
+
+def recompose_spread(layers: dict[str, nn.Module]) -> Prefetched:
+    """Each reparameterised layer's QR recomposition, one layer per serving rank a round (`spread`)."""
+    return Prefetched(list(layers), lambda name: (recompose_layer, (layers[name],)))
 
 
 def log_summary(logger: Logger, metrics: dict[str, Any], pictures: dict[str, Path]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from basel_app.distributed import world_rank, world_size
 
@@ -47,8 +48,8 @@ def ranks_serving() -> int:
 
 
 def _moved(value: Any, device: torch.device) -> Any:
-    """`value` with every tensor in it (also inside tuples and dataclasses) on `device`."""
-    if isinstance(value, torch.Tensor):
+    """`value` with every tensor and module in it (also inside tuples and dataclasses) on `device`."""
+    if isinstance(value, (torch.Tensor, nn.Module)):
         return value.to(device)
     if isinstance(value, (tuple, list)):
         return type(value)(_moved(v, device) for v in value)

@@ -162,8 +162,8 @@ def memory_plan(config: LlamaConfig, shape: RunShape) -> list[Phase]:
               "shards of params, grads and AdamW moments and of the teacher; 2 decoder layers and the root whole "
               "(gathered in bf16); "
               "activations. Rank 0's host: a checkpoint, consolidated (a resume reads it by mmap)"),
-        Phase("recompose", teacher_shard, reparam_bytes + svd_workspace, 0,
-              "rank 0: the gathered model, one layer's QR/SVD; the GPUs keep the teacher's shards"),
+        Phase("recompose", teacher_shard + svd_workspace, reparam_bytes + svd_workspace, 0,
+              "rank 0: the gathered model; each GPU: the teacher's shards and one layer's QR/SVD at a time"),
         Phase("post-finetune (stage 2)",
               4 * compressed // w + teacher_shard + (2 * compressed_layer + root) // 2 + teacher_gathered + activations,
               compressed * 3, 0, "every parameter trains (post_finetune_params=all); a checkpoint on rank 0"),

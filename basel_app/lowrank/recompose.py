@@ -13,6 +13,8 @@ at or above it, a dense `nn.Linear` is smaller and is used instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 
 import torch
@@ -91,15 +93,22 @@ def recomposed_singular_values(model: nn.Module, names: list[str]) -> dict[str, 
     return out
 
 
-def recompose_model(model: nn.Module) -> dict[str, int]:
+def recompose_model(
+    model: nn.Module,
+    recomposed: Callable[[dict[str, BaselLinear]], Callable[[str], tuple[nn.Module, int]]] | None = None,
+) -> dict[str, int]:
     """Replace every `BaselLinear` in place; returns {name: numerical rank of W̃} (dense or thin).
 
+    `recomposed(layers)` gives the function that returns each layer's `recompose_layer` result by name, asked
+    in order (so the work can be done elsewhere, e.g. spread over processes); default: computed here.
     Idempotent: a model with no `BaselLinear` left is returned unchanged (and the dict is empty).
     """
+    layers = basel_layers(model)
+    result = recomposed(layers) if recomposed is not None else (lambda name: recompose_layer(layers[name]))
     ranks: dict[str, int] = {}
     thin = 0
-    for name, layer in tqdm(list(basel_layers(model).items()), desc="recompose", unit="layer", leave=False):
-        new, ranks[name] = recompose_layer(layer)
+    for name in tqdm(list(layers), desc="recompose", unit="layer", leave=False):
+        new, ranks[name] = result(name)
         set_submodule(model, name, new)
         thin += isinstance(new, LowRankLinear)
         log.debug("%s: rank %d, %s", name, ranks[name], type(new).__name__)

@@ -1,16 +1,21 @@
-"""Decompositions spread over 2 real gloo processes while rank 0 holds the model: each rank factors its share
-of the layers, and rank 0 gets exactly the factors it would have computed alone; a helper's error is rank 0's."""
+"""Decompositions and recompositions spread over 2 real gloo processes while rank 0 holds the model: each rank
+takes its share of the layers, and rank 0 gets exactly what it would have computed alone; a helper's error is
+rank 0's."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from basel_app.lowrank import find_target_linears
+from basel_app.lowrank import find_target_linears, recompose_model
 from basel_app.methods.one_shot import factorize_layers, plain_bases, svd_bases_of
+from basel_app.pipeline import recompose_spread
 from basel_app.spread import serve, serving, spread
 
+from ..lit.test_sharding import tiny_model
 from ..lowrank.helpers import LLAMA_TARGETS, tiny_llama
 from ..test_decomposition_cache import batches
 
@@ -32,7 +37,10 @@ def _worker(rank: int, init_file: str, results: dict) -> None:
         model = tiny_llama(seed=4)
         targets = find_target_linears(model, LLAMA_TARGETS)
         data = batches()
+        reparameterised = tiny_model()
+        here = copy.deepcopy(reparameterised)
         with serving():
+            spread_ranks = recompose_model(reparameterised, recompose_spread)
             bases = dict(svd_bases_of(targets).items())
             whitened = factorize_layers("svd_llm", model, targets, lambda: data, lambda m, b: m(**b).loss)
             try:
@@ -41,11 +49,16 @@ def _worker(rank: int, init_file: str, results: dict) -> None:
             except RuntimeError as err:
                 error = str(err)
         alone = factorize_layers("svd_llm", model, targets, lambda: data, lambda m, b: m(**b).loss)
+        ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(1))
+        recomposed_same = (spread_ranks == recompose_model(here, recompose_spread)
+                           and torch.equal(reparameterised(input_ids=ids).logits, here(input_ids=ids).logits))
         results[0] = (
             len(targets),
             all(_factors_equal(bases[n], plain_bases(targets[n].weight.detach())) for n in targets),
             all(_factors_equal(whitened[n], alone[n]) and whitened[n].note == alone[n].note for n in targets),
             error,
+            recomposed_same,
+            len(spread_ranks),
         )
     finally:
         dist.destroy_process_group()
@@ -54,10 +67,11 @@ def _worker(rank: int, init_file: str, results: dict) -> None:
 def test_each_rank_factors_its_share_and_rank_zero_gets_its_own_factors(tmp_path):
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(str(tmp_path / "init"), results), nprocs=2)
-    layers, bases_same, whitened_same, error = results[0]
-    assert bases_same and whitened_same
-    # Rank 1 took every second layer of both passes, and the second task of the failing round.
-    assert results[1] == 2 * (layers // 2) + 1
+    layers, bases_same, whitened_same, error, recomposed_same, recomposed_layers = results[0]
+    assert bases_same and whitened_same and recomposed_same
+    # Rank 1 took every second layer of the recomposition and of both factorisations, and the second task of
+    # the failing round.
+    assert results[1] == recomposed_layers // 2 + 2 * (layers // 2) + 1
     assert error is not None and "rank 1" in error and "this layer cannot be factored" in error
 
 
