@@ -103,9 +103,9 @@ def has_storage(model: nn.Module) -> bool:
 
 
 def shard_from_rank_zero(model: nn.Module, device: torch.device, compute_dtype: torch.dtype | None = None) -> None:
-    """`shard` `model` (in `compute_dtype`), whose values rank 0 holds (the others may hold its meta replica), and fill every rank's
-    shards on `device` from rank 0, one full tensor broadcast at a time; non-persistent buffers (a Llama's
-    rotary `inv_freq`), which are in no state dict, are broadcast too."""
+    """`shard` `model` (in `compute_dtype`), whose values rank 0 holds (the others may hold its meta replica),
+    and fill every rank's shards on `device` from rank 0, one full tensor broadcast at a time; non-persistent
+    buffers (a Llama's rotary `inv_freq`), which are in no state dict, are broadcast too."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     source = model.state_dict() if world_rank() == 0 else {}  # references into rank 0's model, no copies
