@@ -50,6 +50,14 @@ class Preemption:
         if self.requested:
             raise Preempted("pre-empted by SIGTERM as training ended; re-run on the same output dir to continue")
 
+    def reclaim(self) -> None:
+        """Make this SIGTERM's only handler again, over one installed since `installed()`: Lightning's, which
+        under several processes runs a collective inside the handler, so ranks that get the signal at different
+        moments call different collectives and wait for ever. The stage's checkpoint callback agrees on the
+        stop across ranks instead."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
         if not self._deferring:

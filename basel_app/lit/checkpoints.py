@@ -16,9 +16,11 @@ import re
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from basel_app.config.errors import Preempted
+from basel_app.distributed import all_reduce_sum
 from basel_app.files import atomic_write_text, sha256_of
 from basel_app.preemption import Preemption
 
@@ -52,8 +54,18 @@ class StageCheckpoints(Checkpoint):
         self.save(trainer)
         self._stop_if_preempted(trainer)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.preemption is not None:
+            self.preemption.reclaim()  # after Lightning has installed its own handler (preemption.py)
+
     def _stop_if_preempted(self, trainer: L.Trainer) -> None:
-        if self.preemption is not None and self.preemption.requested:
+        """Every rank stops at the same step if any got SIGTERM (SLURM signals each task; they see it at
+        different moments), after one checkpoint they all take part in."""
+        if self.preemption is None:
+            return
+        (anywhere,) = all_reduce_sum([torch.tensor([float(self.preemption.requested)])])
+        if float(anywhere) > 0:
+            self.preemption.requested = True
             raise Preempted(f"pre-empted by SIGTERM at step {trainer.global_step}: saved {self.save(trainer)}; "
                             "re-run on the same output dir to continue from it")
 
