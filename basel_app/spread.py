@@ -47,14 +47,14 @@ def ranks_serving() -> int:
     return world_size() if _serving else 1
 
 
-def _moved(value: Any, device: torch.device) -> Any:
+def moved(value: Any, device: torch.device) -> Any:
     """`value` with every tensor and module in it (also inside tuples and dataclasses) on `device`."""
     if isinstance(value, (torch.Tensor, nn.Module)):
         return value.to(device)
     if isinstance(value, (tuple, list)):
-        return type(value)(_moved(v, device) for v in value)
+        return type(value)(moved(v, device) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: _moved(getattr(value, f.name), device)
+        return dataclasses.replace(value, **{f.name: moved(getattr(value, f.name), device)
                                              for f in dataclasses.fields(value)})
     return value
 
@@ -65,7 +65,7 @@ def _attempt(task: Task | None, device: torch.device) -> tuple[str, Any]:
         return "ok", None
     fn, args = task
     try:
-        return "ok", _moved(fn(*_moved(args, device)), torch.device("cpu"))
+        return "ok", moved(fn(*moved(args, device)), torch.device("cpu"))
     except Exception as err:  # noqa: BLE001 - sent to rank 0, which raises it
         return "error", f"{type(err).__name__}: {err}"
 

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from basel_app.modes import eval_mode
+from basel_app.spread import moved as moved_to
 
 
 @dataclass
@@ -152,19 +153,11 @@ def first_block_inputs(
             args, kwargs = captured.pop()
             hidden = args[0] if args else kwargs.pop("hidden_states")
             target = device or hidden.device
-            moved = {k: _to(v, target) for k, v in kwargs.items()}
+            moved = {k: moved_to(v, target) for k, v in kwargs.items()}
             inputs.append((hidden.to(target), moved, batch["attention_mask"].bool().to(target)))
     finally:
         handle.remove()
     return inputs
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
-    return value
 
 
 def row_fisher(
