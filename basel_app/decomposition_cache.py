@@ -128,6 +128,10 @@ class DecompositionCache:
             self._store(folder, name, tensors, notes, parts)
             return tensors, notes
 
+    def holds(self, kind: str, key: Callable[[], Key]) -> bool:
+        """Whether `fetch` would find an entry for `key()` (its manifest is there; verified only on load)."""
+        return self.root is not None and (self.root / kind / f"{fingerprint(kind, key())}.json").is_file()
+
     def fetch_factorization(
         self, kind: str, key: Callable[[], Key], compute: Callable[[], Factorization], device: torch.device | str,
     ) -> Factorization:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any
 
 import torch
@@ -118,17 +119,20 @@ def serving() -> Iterator[None]:
 class Prefetched:
     """`task_of(key)`'s result for each of `keys`, computed when first asked for, together with the next keys
     not computed yet, one per serving rank; each result is handed out once, then forgotten (a key asked for
-    again is computed again)."""
+    again is computed again). `needed(key)` says whether a later key will be asked for at all (a cache
+    holding its result: no), so no rank computes what nobody takes."""
 
-    def __init__(self, keys: list[str], task_of: Callable[[str], Task]) -> None:
-        self._keys, self._task_of = keys, task_of
+    def __init__(self, keys: list[str], task_of: Callable[[str], Task],
+                 needed: Callable[[str], bool] = lambda key: True) -> None:
+        self._keys, self._task_of, self._needed = keys, task_of, needed
         self._ready: dict[str, Any] = {}
         self._handed: set[str] = set()
 
     def __call__(self, key: str) -> Any:
         if key not in self._ready:  # this key (again, if asked twice) and the next ones nobody has had yet
-            later = self._keys[self._keys.index(key) + 1 :]
-            batch = [key, *[k for k in later if k not in self._ready and k not in self._handed]][: ranks_serving()]
+            later = (k for k in self._keys[self._keys.index(key) + 1 :]
+                     if k not in self._ready and k not in self._handed and self._needed(k))
+            batch = [key, *islice(later, ranks_serving() - 1)]  # one rank: no later key is looked at
             self._ready.update(zip(batch, spread([self._task_of(k) for k in batch])))
         self._handed.add(key)
         return self._ready.pop(key)

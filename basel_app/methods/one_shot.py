@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
@@ -79,12 +79,14 @@ def factorize_layers(
             return svd_llm_factorization, (weight, statistics.values()[name], WHITENING_DAMPING)
         return asvd_factorization, (weight, statistics.values()[name], asvd_alpha)
 
+    @lru_cache(maxsize=None)  # digested once: the prefetch asks whether the cache holds it, then the fetch
     def key(name: str) -> dict[str, Any]:
         weight = targets[name].weight
         inputs = {"layer": name, "statistics": statistics.fingerprint()} if method != "svd" else {}
         return {"weight": tensor_digest(weight), "device": serving_device_type(weight.device), **settings, **inputs}
 
-    factorize = Prefetched(list(targets), task)  # the SVDs of the layers that miss, one per serving rank at a time
+    # The SVDs of the layers that miss, one per serving rank at a time.
+    factorize = Prefetched(list(targets), task, lambda name: not cache.holds(method, partial(key, name)))
     factors = {
         name: cache.fetch_factorization(method, partial(key, name), partial(factorize, name), layer.weight.device)
         for name, layer in targets.items()
@@ -119,15 +121,18 @@ def svd_bases_of(targets: dict[str, nn.Linear], cache: DecompositionCache | None
     layer per rank at a time while the other ranks serve (`spread`)."""
     cache = cache or DecompositionCache(None)
     settings = factorization_settings("svd", 0.0)
-    compute = Prefetched(list(targets), lambda name: (plain_bases, (targets[name].weight.detach(),)))
+
+    @lru_cache(maxsize=None)  # digested once: the prefetch asks whether the cache holds it, then the fetch
+    def key(name: str) -> dict[str, Any]:
+        weight = targets[name].weight
+        return {"weight": tensor_digest(weight), "device": serving_device_type(weight.device), **settings}
+
+    compute = Prefetched(list(targets), lambda name: (plain_bases, (targets[name].weight.detach(),)),
+                         lambda name: not cache.holds("svd_bases", partial(key, name)))
 
     def bases(name: str) -> Factorization:
-        weight = targets[name].weight
-        return cache.fetch_factorization(
-            "svd_bases",
-            lambda: {"weight": tensor_digest(weight), "device": serving_device_type(weight.device), **settings},
-            partial(compute, name), weight.device,
-        )
+        return cache.fetch_factorization("svd_bases", partial(key, name), partial(compute, name),
+                                         targets[name].weight.device)
 
     return LazyMapping(list(targets), bases)
 
