@@ -41,8 +41,7 @@ def _worker(rank: int, init_file: str, cache_dir: str, results: dict) -> None:
         reparameterised = tiny_model()
         here = copy.deepcopy(reparameterised)
         cache = DecompositionCache(cache_dir)
-        first, *rest = targets
-        dict(svd_bases_of({n: targets[n] for n in rest}, cache).items())  # every layer's bases but the first's
+        dict(svd_bases_of({n: targets[n] for n in list(targets)[1:]}, cache).items())  # all but the first layer's
         with serving():
             spread_ranks = recompose_model(reparameterised, recompose_spread)
             bases = dict(svd_bases_of(targets).items())
