@@ -1,10 +1,13 @@
-"""Decompositions and calibration statistics kept on disk, so a sweep computes each one once.
+"""Decompositions, calibration statistics and dequantised input models kept on disk, so a sweep computes
+each one once.
 
-An entry is found by a fingerprint of everything its tensors were computed from (the caller's key:
-weight digests, settings, calibration-data digest, ...), so a changed weight or setting simply misses.
+An entry is found by a fingerprint of everything it was computed from (the caller's key: weight digests,
+settings, calibration-data digest, a GGUF file's sha256, ...), so a changed weight or setting simply misses.
 
     <dir>/<kind>/<fingerprint>.json                       manifest: file name, size, sha256, key; written last
     <dir>/<kind>/<fingerprint>.<sha256[:16]>.safetensors  the tensors (and string notes as metadata)
+    <dir>/<kind>/<fingerprint>.<digest[:16]>/             or a folder of files (`fetch_folder`: a saved model),
+                                                          the manifest holding every file's sha256
     <dir>/<kind>/<fingerprint>.lock                       held while one job computes and writes the entry
 
 An entry is used only when its file's sha256 matches the manifest's; anything else (a flipped byte, a
@@ -22,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,14 +37,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from basel_app.files import atomic_write_json
+from basel_app.files import atomic_write_json, sha256_of
 from basel_app.lowrank.factorizations import Factorization
 
 log = logging.getLogger(__name__)
 
 # Part of every key: raise it when what a cached computation returns changes for the same inputs.
 CACHE_VERSION = 1
-CHUNK_BYTES = 1 << 24
 ALIASES = "__aliases__"  # metadata: {name: the name its tensor is stored under}, for a tensor given twice
 
 Tensors = dict[str, torch.Tensor]
@@ -78,20 +81,13 @@ def fingerprint(kind: str, key: Key) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class CorruptEntry(Exception):
     """An entry whose manifest or tensors cannot be trusted (the message says why)."""
 
 
 class DecompositionCache:
-    """Tensors by fingerprint under `root`; with `root=None` nothing is stored and every fetch computes."""
+    """Tensors (or folders of files) by fingerprint under `root`; with `root=None` nothing is stored and every
+    `fetch` computes."""
 
     def __init__(self, root: str | Path | None) -> None:
         self.root = Path(root).expanduser() if root is not None else None
@@ -128,6 +124,40 @@ class DecompositionCache:
             self._store(folder, name, tensors, notes, parts)
             return tensors, notes
 
+    def fetch_folder(self, kind: str, key: Callable[[], Key], write: Callable[[Path], None]) -> Path:
+        """The verified folder of the entry for `key()`, or a new one that `write(folder)` fills (a model's
+        `save_pretrained`, say); the caller reads from it either way, so a hit and a miss read the same bytes."""
+        if self.root is None:
+            raise ValueError("fetch_folder needs a cache directory (cache.enabled=true)")
+        parts = key()
+        name = fingerprint(kind, parts)
+        folder = self.root / kind
+        try:
+            return self._verified_folder(folder, name)
+        except (FileNotFoundError, CorruptEntry):
+            pass  # checked again under the lock, as in `fetch`
+        with _locked(folder / f"{name}.lock"):
+            try:
+                return self._verified_folder(folder, name)
+            except FileNotFoundError:
+                log.info("decomposition cache: no %s entry %s yet; computing it", kind, name[:16])
+            except CorruptEntry as problem:
+                log.warning("decomposition cache: %s entry %s is corrupt (%s); recomputing it", kind, name[:16], problem)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
+            try:
+                write(tmp)
+                files = {f.name: sha256_of(f) for f in sorted(tmp.iterdir())}
+                # Named by its contents, like the tensor files: a reader never sees other bytes under a verified name.
+                path = folder / f"{name}.{fingerprint('files', files)[:16]}"
+                shutil.rmtree(path, ignore_errors=True)  # a damaged copy of these very bytes
+                os.replace(tmp, path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self.computed += 1
+            atomic_write_json(folder / f"{name}.json", {"folder": path.name, "sha256": files, "key": parts})
+            return path
+
     def holds(self, kind: str, key: Callable[[], Key]) -> bool:
         """Whether `fetch` would find an entry for `key()` (its manifest is there; verified only on load)."""
         return self.root is not None and (self.root / kind / f"{fingerprint(kind, key())}.json").is_file()
@@ -156,7 +186,7 @@ class DecompositionCache:
             raise CorruptEntry(f"{path.name} is missing")
         if path.stat().st_size != size:
             raise CorruptEntry(f"{path.name} has {path.stat().st_size} bytes, the manifest says {size}")
-        if file_sha256(path) != sha:
+        if sha256_of(path) != sha:
             raise CorruptEntry(f"{path.name} does not match its sha256")
         with safe_open(path, framework="pt", device=str(device)) as f:
             tensors, notes = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
@@ -164,6 +194,23 @@ class DecompositionCache:
             tensors[alias] = tensors[stored]
         log.info("decomposition cache: loaded %s", path)
         return tensors, notes
+
+    def _verified_folder(self, folder: Path, name: str) -> Path:
+        """The entry's folder, every file checked; FileNotFoundError when there is none, CorruptEntry otherwise."""
+        text = (folder / f"{name}.json").read_text()
+        try:
+            manifest = json.loads(text)
+            path, files = folder / str(manifest["folder"]), dict(manifest["sha256"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CorruptEntry(f"unreadable manifest: {err}") from None
+        present = sorted(f.name for f in path.iterdir()) if path.is_dir() else []
+        if present != sorted(files):
+            raise CorruptEntry(f"{path.name} holds {present}, the manifest lists {sorted(files)}")
+        for file, sha in files.items():
+            if sha256_of(path / file) != sha:
+                raise CorruptEntry(f"{path.name}/{file} does not match its sha256")
+        log.info("decomposition cache: loading %s", path)
+        return path
 
     def _store(self, folder: Path, name: str, tensors: Tensors, notes: Notes, key: Key) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +227,7 @@ class DecompositionCache:
                 aliases[key_name] = first
         try:
             save_file(unique, tmp, metadata={**notes, ALIASES: json.dumps(aliases)} if aliases else notes)
-            sha = file_sha256(Path(tmp))
+            sha = sha256_of(Path(tmp))
             path = folder / f"{name}.{sha[:16]}.safetensors"
             os.replace(tmp, path)
         except BaseException:

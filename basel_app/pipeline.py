@@ -157,9 +157,9 @@ def hosted(cfg: RunConfig) -> bool:
     return cfg.trainer.strategy == "fsdp"
 
 
-def load_input_model(cfg: ModelConfig) -> tuple[nn.Module, tuple[Any, dict[str, Any]]]:
+def load_input_model(cfg: ModelConfig, cache: DecompositionCache) -> tuple[nn.Module, tuple[Any, dict[str, Any]]]:
     """(model, (tokenizer, provenance)): `load_model`, split as `on_host` takes it."""
-    loaded = load_model(cfg)
+    loaded = load_model(cfg, cache)
     return loaded.model, (loaded.tokenizer, loaded.provenance)
 
 
@@ -184,7 +184,8 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     clock.split("checks")
 
     # 2. The input model; the exact plan once tokenization has dropped any over-long examples; the targets.
-    model, (tokenizer, base_model) = on_host(lambda: load_input_model(cfg.model), hosted(cfg))
+    cache = DecompositionCache(cfg.cache.dir if cfg.cache.enabled else None)
+    model, (tokenizer, base_model) = on_host(lambda: load_input_model(cfg.model, cache), hosted(cfg))
     datamodule.attach_tokenizer(tokenizer)
     datamodule.setup("fit")
     plan = PhasePlan.from_config(cfg.method, steps_per_epoch(datamodule, cfg)) if cfg.method.is_pruning else None
@@ -196,7 +197,6 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     evaluation = {"before": evaluate_once(model, tokenizer, datamodule, cfg, logger, out)}
     clock.split("eval_before")
 
-    cache = DecompositionCache(cfg.cache.dir if cfg.cache.enabled else None)
     ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out, preemption, cache)
 
     # 3. Stage 0 (optional, any method): fine-tune the input model on the task; its result is a boundary too.

@@ -1,7 +1,8 @@
-"""Shared fixtures: the repo's config directory and a composer for it."""
+"""Shared fixtures: the repo's config directory, a composer for it, and the session's private cache."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from basel_app.config.schema import register_schema
+from basel_app.decomposition_cache import DecompositionCache
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -23,6 +25,13 @@ def private_cache_home(tmp_path_factory):
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def model_cache(private_cache_home):
+    """The cache the command lines default to (under the private XDG_CACHE_HOME), for in-process loads: SmolLM2
+    is dequantised from its GGUF file once per session, and every later load, in-process or not, reads that."""
+    return DecompositionCache(Path(os.environ["XDG_CACHE_HOME"]) / "basel_app")
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from basel_app.decomposition_cache import DecompositionCache, file_sha256
+from basel_app.decomposition_cache import DecompositionCache
+from basel_app.files import sha256_of
 from basel_app.methods import one_shot
 from basel_app.methods.one_shot import factorize_layers, svd_bases_of
 from basel_app.models import load_compressed
@@ -152,7 +153,7 @@ def test_a_damaged_entry_is_detected_reported_and_recomputed(tmp_path, monkeypat
     manifests = list((tmp_path / "svd_llm").glob("*.json"))
     for manifest in manifests:
         entry = json.loads(manifest.read_text())
-        assert file_sha256(tmp_path / "svd_llm" / entry["file"]) == entry["sha256"]
+        assert sha256_of(tmp_path / "svd_llm" / entry["file"]) == entry["sha256"]
 
 
 def test_a_damaged_manifest_is_detected_and_recomputed(tmp_path, monkeypatch, caplog):
@@ -195,7 +196,7 @@ def test_two_concurrent_jobs_on_one_key_both_finish_and_the_entry_verifies(tmp_p
     assert computed.read_text().count("computed") == 1  # the second job waited and loaded the first one's entry
     (manifest,) = (tmp_path / "cache" / "race").glob("*.json")
     entry = json.loads(manifest.read_text())
-    assert file_sha256(tmp_path / "cache" / "race" / entry["file"]) == entry["sha256"]
+    assert sha256_of(tmp_path / "cache" / "race" / entry["file"]) == entry["sha256"]
     assert not list((tmp_path / "cache" / "race").glob(".*.tmp"))  # no partial file left behind
 
 
@@ -221,3 +222,65 @@ def test_a_tensor_given_under_two_names_is_stored_once_and_loaded_shared(tmp_pat
     assert all(torch.equal(hit[k], given[k]) for k in given)
     (entry,) = entry_files(tmp_path, "statistics")
     assert entry.stat().st_size < 3 * gram.numel() * 8  # two matrices on disk, not three
+
+
+class FolderWriter:
+    """Writes two files into a folder entry and counts how often it was asked to."""
+
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail = 0, fail
+
+    def __call__(self, folder: Path) -> None:
+        self.calls += 1
+        (folder / "weights.bin").write_bytes(bytes(range(256)) * 64)
+        if self.fail:
+            raise RuntimeError("killed mid-write")
+        (folder / "config.json").write_text('{"layers": 2}')
+
+
+def test_a_folder_entry_is_written_once_and_verified_on_every_hit(tmp_path):
+    cache, write = DecompositionCache(tmp_path), FolderWriter()
+    miss = cache.fetch_folder("model", lambda: {"sha": "abc"}, write)
+    hit = cache.fetch_folder("model", lambda: {"sha": "abc"}, write)
+    assert write.calls == 1 and cache.computed == 1 and hit == miss
+    assert sorted(f.name for f in hit.iterdir()) == ["config.json", "weights.bin"]
+    (manifest,) = (tmp_path / "model").glob("*.json")
+    entry = json.loads(manifest.read_text())
+    assert entry["folder"] == hit.name and entry["key"] == {"sha": "abc"}
+    assert all(sha256_of(hit / name) == sha for name, sha in entry["sha256"].items())
+    other = cache.fetch_folder("model", lambda: {"sha": "abd"}, write)  # another key: another entry
+    assert write.calls == 2 and other != hit
+
+
+@pytest.mark.parametrize("damage", ("flip a byte", "remove a file", "add a file"))
+def test_a_damaged_folder_entry_is_reported_and_written_again(tmp_path, caplog, damage):
+    cache, write = DecompositionCache(tmp_path), FolderWriter()
+    folder = cache.fetch_folder("model", lambda: {"sha": "abc"}, write)
+    if damage == "flip a byte":
+        data = bytearray((folder / "weights.bin").read_bytes())
+        data[100] ^= 0x01
+        (folder / "weights.bin").write_bytes(bytes(data))
+    elif damage == "remove a file":
+        (folder / "config.json").unlink()
+    else:
+        (folder / "stray.txt").write_text("?")
+    with caplog.at_level(logging.WARNING, logger="basel_app.decomposition_cache"):
+        again = cache.fetch_folder("model", lambda: {"sha": "abc"}, write)
+    assert write.calls == 2 and "corrupt" in caplog.text
+    assert sorted(f.name for f in again.iterdir()) == ["config.json", "weights.bin"]
+    assert (again / "weights.bin").read_bytes() == bytes(range(256)) * 64
+
+
+def test_a_folder_write_that_fails_leaves_no_entry_and_no_partial_folder(tmp_path):
+    cache = DecompositionCache(tmp_path)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        cache.fetch_folder("model", lambda: {"sha": "abc"}, FolderWriter(fail=True))
+    assert sorted(p.name for p in (tmp_path / "model").iterdir() if not p.name.endswith(".lock")) == []
+    write = FolderWriter()
+    cache.fetch_folder("model", lambda: {"sha": "abc"}, write)
+    assert write.calls == 1
+
+
+def test_a_folder_entry_needs_a_cache_directory():
+    with pytest.raises(ValueError, match="cache.enabled"):
+        DecompositionCache(None).fetch_folder("model", lambda: {}, FolderWriter())

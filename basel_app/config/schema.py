@@ -393,8 +393,9 @@ class EvalConfig:
 
 @dataclass
 class CacheConfig:
-    """Decompositions and calibration statistics kept on disk (`decomposition_cache.py`): every run with the
-    same weights, targets, settings and calibration data loads them instead of computing them again."""
+    """Decompositions, calibration statistics and a dequantised GGUF input model kept on disk
+    (`decomposition_cache.py`): every run with the same weights, targets, settings and calibration data loads
+    them instead of computing them again."""
 
     enabled: bool = True
     dir: str = "${oc.env:XDG_CACHE_HOME,'~/.cache'}/basel_app"  # shared by concurrent jobs; entries are checksummed

@@ -5,11 +5,14 @@ GGUF file's sha256); it goes into every result, because "SmolLM2 at some revisio
 
 `check_model_source` runs first and only looks at the file system, so a typo in the model config fails in
 milliseconds instead of after a 20 s load or a data download.
+
+Reading a GGUF file through transformers takes ~20 s on a CPU (mostly parsing its metadata, three times), so
+with a cache the dequantised model and tokenizer are saved once, as an ordinary checkpoint keyed by the file's
+sha256 and the converting libraries' versions, and every later run loads that in about a second.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -30,6 +33,8 @@ from transformers import (
 
 from basel_app.config.errors import ConfigError
 from basel_app.config.names import MODEL_SOURCES
+from basel_app.decomposition_cache import DecompositionCache
+from basel_app.files import sha256_of
 from basel_app.models.byte_tokenizer import byte_tokenizer
 from basel_app.models.rebuild import rebuild_sharing_tensors
 
@@ -151,12 +156,13 @@ def _single_gguf_in(directory: Path) -> str:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_model(cfg: ModelSourceConfig) -> LoadedModel:
-    """Load the input model and tokenizer that `cfg` names, as a plain LlamaForCausalLM in eval mode."""
+def load_model(cfg: ModelSourceConfig, cache: DecompositionCache | None = None) -> LoadedModel:
+    """Load the input model and tokenizer that `cfg` names, as a plain LlamaForCausalLM in eval mode; a GGUF
+    file is dequantised once per `cache` (the same tensors, bit for bit, as without one)."""
     check_model_source(cfg)
     dtype = DTYPES[cfg.dtype]
     if cfg.source == "gguf":
-        loaded = _load_gguf(cfg, dtype)
+        loaded = _load_gguf(cfg, dtype, cache)
     elif cfg.path:
         loaded = _load_local(Path(cfg.path), dtype)
     elif cfg.source == "hub":
@@ -189,33 +195,44 @@ def load_config(cfg: ModelSourceConfig) -> PretrainedConfig:
     return LlamaConfig(**(cfg.random or {}))
 
 
-def _load_gguf(cfg: ModelSourceConfig, dtype: torch.dtype) -> LoadedModel:
-    """Dequantise a GGUF Llama into a plain LlamaForCausalLM (a GGUF-loaded model refuses save_pretrained)."""
+def _load_gguf(cfg: ModelSourceConfig, dtype: torch.dtype, cache: DecompositionCache | None) -> LoadedModel:
     directory, gguf_file = _gguf_location(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    # Dequantised in float32 (its fast path), then cast once while rebuilding.
-    gguf_model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
-    _require_plain_llama(gguf_model, {"gguf_file": gguf_file})
-
-    config = LlamaConfig.from_dict(
-        {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
-    )
-    config.name_or_path = str(directory / gguf_file)
-    model = rebuild_sharing_tensors(LlamaForCausalLM, config, gguf_model, dtype=dtype)
-
-    provenance = {
-        "source": "gguf",
-        "gguf_file": gguf_file,
-        "gguf_sha256": _sha256(directory / gguf_file),
-        "gguf_path": str(directory / gguf_file),
-    }
+    path = directory / gguf_file
+    provenance = {"source": "gguf", "gguf_file": gguf_file, "gguf_sha256": sha256_of(path), "gguf_path": str(path)}
     if cfg.gguf_package and not cfg.path:
         provenance["gguf_package"] = cfg.gguf_package
         try:
             provenance["gguf_package_version"] = importlib.metadata.version(cfg.gguf_package.replace("_", "-"))
         except importlib.metadata.PackageNotFoundError:
             pass
+    if cache is None or cache.root is None:
+        model, tokenizer = _dequantise_gguf(directory, gguf_file, dtype)
+    else:
+        key = {"gguf_sha256": provenance["gguf_sha256"], "dtype": str(dtype),
+               "transformers": importlib.metadata.version("transformers"), "gguf": importlib.metadata.version("gguf")}
+        saved = cache.fetch_folder("gguf_model", lambda: key,
+                                   lambda folder: _save_pair(*_dequantise_gguf(directory, gguf_file, dtype), folder))
+        model = LlamaForCausalLM.from_pretrained(saved, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(saved)
+    model.config.name_or_path = str(path)
     return LoadedModel(model, tokenizer, provenance)
+
+
+def _dequantise_gguf(directory: Path, gguf_file: str, dtype: torch.dtype) -> tuple[LlamaForCausalLM, Any]:
+    """A GGUF Llama as a plain LlamaForCausalLM (a GGUF-loaded model refuses `save_pretrained`) and its tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    # Dequantised in float32 (its fast path), then cast once while rebuilding.
+    gguf_model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    _require_plain_llama(gguf_model, {"gguf_file": gguf_file})
+    config = LlamaConfig.from_dict(
+        {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
+    )
+    return rebuild_sharing_tensors(LlamaForCausalLM, config, gguf_model, dtype=dtype), tokenizer
+
+
+def _save_pair(model: LlamaForCausalLM, tokenizer: Any, folder: Path) -> None:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def _load_local(path: Path, dtype: torch.dtype) -> LoadedModel:
@@ -301,11 +318,3 @@ def _require_plain_llama(model: Any, provenance: dict[str, Any]) -> None:
             f"{where} loaded as {type(model).__name__}; only LlamaForCausalLM is supported "
             "(the compressed format is Llama-only for now)"
         )
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

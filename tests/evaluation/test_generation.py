@@ -171,7 +171,7 @@ def test_rejects_bad_arguments(model, tokenizer):
 
 
 @pytest.mark.slow
-def test_smollm2_gsm8k_batch_of_two_equals_batch_of_one():
+def test_smollm2_gsm8k_batch_of_two_equals_batch_of_one(model_cache):
     from omegaconf import OmegaConf
 
     from basel_app.config.schema import ModelConfig, TaskConfig
@@ -179,7 +179,7 @@ def test_smollm2_gsm8k_batch_of_two_equals_batch_of_one():
     from basel_app.tasks.math import MathTask
     from basel_app.tasks.records import read_packaged_split
 
-    loaded = load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig)))
+    loaded = load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig)), model_cache)
     task = MathTask(TaskConfig())
     records = read_packaged_split("gsm8k", "test", MathTask.fields)[:2]
     prompts = [task.prompt_ids(loaded.tokenizer, r) for r in records]

@@ -153,14 +153,14 @@ def test_stream_is_per_article_ids_with_the_special_prefix():
 
 
 @pytest.mark.slow
-def test_smollm2_wikitext2_matches_the_independent_loop():
+def test_smollm2_wikitext2_matches_the_independent_loop(model_cache):
     """SmolLM2-135M on the first 10 windows of WikiText-2 test (context 512, stride 256): about 60 s on 2 cores."""
     from omegaconf import OmegaConf
 
     from basel_app.config.schema import ModelConfig
     from basel_app.models import load_model
 
-    loaded = load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig)))
+    loaded = load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig)), model_cache)
     model, tok = loaded.model.eval(), loaded.tokenizer
     context, stride, windows = 512, 256, 10
     text = wikitext_test_text()

@@ -13,6 +13,8 @@ from ..conftest import REPO
 
 pytestmark = pytest.mark.slow
 
+# The six runs share the session's cache (tests/conftest.py), as a sweep's jobs do: SmolLM2 is dequantised once,
+# and each factorisation is computed by the first run that needs it.
 # q/k/o_proj are 23.4M of SmolLM2's 134.5M parameters, so 1.1x is a real cut of those layers; three layer types
 # instead of scale=cpu's seven keep the 90 decompositions per method affordable in the test suite.
 SMALL = ["logger=csv", "model.target_modules=[q_proj,k_proj,o_proj]", "task.max_train_samples=4", "task.max_eval_samples=4", "task.max_length=160",
@@ -26,7 +28,7 @@ SMALL = ["logger=csv", "model.target_modules=[q_proj,k_proj,o_proj]", "task.max_
 def test_method_runs_end_to_end_from_the_cli_on_smollm2(tmp_path, method, ablation):
     result = subprocess.run(
         [sys.executable, "-m", "basel_app", f"hydra.run.dir={tmp_path}", f"method={method}", f"ablation={ablation}",
-         f"cache.dir={tmp_path / 'cache'}", *SMALL],
+         *SMALL],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -26,12 +26,12 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def smollm2():
+def smollm2(model_cache):
     from omegaconf import OmegaConf
 
     from basel_app.config.schema import ModelConfig
 
-    return load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig)))
+    return load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig)), model_cache)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import GPT2Config, LlamaForCausalLM
 
+from basel_app.decomposition_cache import DecompositionCache
 from basel_app.models import ModelSourceError, check_model_source, load_config, load_model
 
 from .tiny_models import make_llama
@@ -142,11 +143,17 @@ def test_non_llama_architecture_is_rejected(tmp_path):
         load_model(ModelCfg(source="hub", path=str(tmp_path)))
 
 
-@pytest.mark.slow
-def test_smollm2_gguf_loads_as_a_plain_savable_llama(tmp_path):
+@pytest.fixture(scope="module")
+def smollm2_gguf():
+    """(SmolLM2 loaded straight from its GGUF file, seconds the load took)."""
     start = time.monotonic()
     loaded = load_model(ModelCfg(name="smollm2", source="gguf"))
-    seconds = time.monotonic() - start
+    return loaded, time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_as_a_plain_savable_llama(tmp_path, smollm2_gguf):
+    loaded, seconds = smollm2_gguf
     model = loaded.model
     assert type(model) is LlamaForCausalLM and not model.training
     assert not hasattr(model.config, "quantization_config")
@@ -167,6 +174,41 @@ def test_smollm2_gguf_loads_as_a_plain_savable_llama(tmp_path):
     answer = model.generate(prompt, max_new_tokens=12, do_sample=False)[0, prompt.shape[1]:]
     assert "4" in loaded.tokenizer.decode(answer)  # the dequantised weights are the real model
     print(f"gguf load took {seconds:.1f} s")
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_smollm2_from_the_cache_is_the_gguf_load_bit_for_bit(tmp_path, smollm2_gguf):
+    """The dequantised model is saved once per cache; a miss and a hit both give what a direct load gives."""
+    direct, _ = smollm2_gguf
+    cache = DecompositionCache(tmp_path)
+    miss = load_model(ModelCfg(name="smollm2", source="gguf"), cache)
+    start = time.monotonic()
+    hit = load_model(ModelCfg(name="smollm2", source="gguf"), cache)
+    seconds = time.monotonic() - start
+    assert cache.computed == 1
+    prompt = direct.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Natalia sold 48 clips; how many in May?"}], add_generation_prompt=True,
+        return_tensors="pt")["input_ids"]
+    expected = direct.model(prompt).logits
+    for loaded in (miss, hit):
+        model = loaded.model
+        assert type(model) is LlamaForCausalLM and not model.training and model.dtype == torch.float32
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+        # save_pretrained records the class that wrote it, as any hub checkpoint's config does; nothing else differs.
+        assert {**model.config.to_dict(), "architectures": None} == direct.model.config.to_dict()
+        assert model.generation_config.to_dict() == direct.model.generation_config.to_dict()
+        state, reference = model.state_dict(), direct.model.state_dict()
+        assert list(state) == list(reference) and all(torch.equal(state[k], reference[k]) for k in state)
+        assert torch.equal(model(prompt).logits, expected)
+        assert loaded.provenance == direct.provenance
+        assert loaded.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Natalia sold 48 clips; how many in May?"}], add_generation_prompt=True,
+            return_tensors="pt")["input_ids"].tolist() == prompt.tolist()
+        assert loaded.tokenizer("Ünïcödé 12,345\tfoo  bar")["input_ids"] == direct.tokenizer("Ünïcödé 12,345\tfoo  bar")["input_ids"]
+        assert (loaded.tokenizer.eos_token, loaded.tokenizer.pad_token) == (direct.tokenizer.eos_token,
+                                                                              direct.tokenizer.pad_token)
+    print(f"gguf load from the cache took {seconds:.1f} s")
 
 
 def test_hub_id_loads_from_the_hf_cache_when_offline(tmp_path, monkeypatch, tiny_config, tokenizer, input_ids):
