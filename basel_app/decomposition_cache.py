@@ -143,6 +143,8 @@ class DecompositionCache:
                 log.info("decomposition cache: no %s entry %s yet; computing it", kind, name[:16])
             except CorruptEntry as problem:
                 log.warning("decomposition cache: %s entry %s is corrupt (%s); recomputing it", kind, name[:16], problem)
+            for unfinished in folder.glob(f".{name}.*.tmp"):  # a killed writer's; none is running: we hold the lock
+                shutil.rmtree(unfinished, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
             try:
                 write(tmp)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from basel_app.decomposition_cache import DecompositionCache
+from basel_app.decomposition_cache import DecompositionCache, fingerprint
 from basel_app.files import sha256_of
 from basel_app.methods import one_shot
 from basel_app.methods.one_shot import factorize_layers, svd_bases_of
@@ -271,14 +271,17 @@ def test_a_damaged_folder_entry_is_reported_and_written_again(tmp_path, caplog, 
     assert (again / "weights.bin").read_bytes() == bytes(range(256)) * 64
 
 
-def test_a_folder_write_that_fails_leaves_no_entry_and_no_partial_folder(tmp_path):
+def test_a_folder_write_that_fails_leaves_no_entry_and_a_killed_ones_folder_is_removed(tmp_path):
     cache = DecompositionCache(tmp_path)
     with pytest.raises(RuntimeError, match="killed mid-write"):
         cache.fetch_folder("model", lambda: {"sha": "abc"}, FolderWriter(fail=True))
     assert sorted(p.name for p in (tmp_path / "model").iterdir() if not p.name.endswith(".lock")) == []
+    killed = tmp_path / "model" / f".{fingerprint('model', {'sha': 'abc'})}.x1y2.tmp"  # what a killed writer leaves
+    killed.mkdir()
+    (killed / "weights.bin").write_bytes(b"half")
     write = FolderWriter()
     cache.fetch_folder("model", lambda: {"sha": "abc"}, write)
-    assert write.calls == 1
+    assert write.calls == 1 and not killed.exists()
 
 
 def test_a_folder_entry_needs_a_cache_directory():
