@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -49,6 +49,7 @@ ALIASES = "__aliases__"  # metadata: {name: the name its tensor is stored under}
 Tensors = dict[str, torch.Tensor]
 Notes = dict[str, str]
 Key = dict[str, Any]
+T = TypeVar("T")
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -108,21 +109,13 @@ class DecompositionCache:
         parts = key()
         name = fingerprint(kind, parts)
         folder = self.root / kind
-        try:
-            return self._load(folder, name, device)
-        except (FileNotFoundError, CorruptEntry):
-            pass  # checked again under the lock: another job may be writing it right now
-        with _locked(folder / f"{name}.lock"):
-            try:
-                return self._load(folder, name, device)
-            except FileNotFoundError:
-                log.info("decomposition cache: no %s entry %s yet; computing it", kind, name[:16])
-            except CorruptEntry as problem:
-                log.warning("decomposition cache: %s entry %s is corrupt (%s); recomputing it", kind, name[:16], problem)
+
+        def compute_and_store() -> tuple[Tensors, Notes]:
             tensors, notes = _contiguous(*compute())
-            self.computed += 1
             self._store(folder, name, tensors, notes, parts)
             return tensors, notes
+
+        return self._found_or_made(kind, name, lambda: self._load(folder, name, device), compute_and_store)
 
     def fetch_folder(self, kind: str, key: Callable[[], Key], write: Callable[[Path], None]) -> Path:
         """The verified folder of the entry for `key()`, or a new one that `write(folder)` fills (a model's
@@ -132,17 +125,8 @@ class DecompositionCache:
         parts = key()
         name = fingerprint(kind, parts)
         folder = self.root / kind
-        try:
-            return self._verified_folder(folder, name)
-        except (FileNotFoundError, CorruptEntry):
-            pass  # checked again under the lock, as in `fetch`
-        with _locked(folder / f"{name}.lock"):
-            try:
-                return self._verified_folder(folder, name)
-            except FileNotFoundError:
-                log.info("decomposition cache: no %s entry %s yet; computing it", kind, name[:16])
-            except CorruptEntry as problem:
-                log.warning("decomposition cache: %s entry %s is corrupt (%s); recomputing it", kind, name[:16], problem)
+
+        def write_and_record() -> Path:
             for unfinished in folder.glob(f".{name}.*.tmp"):  # a killed writer's; none is running: we hold the lock
                 shutil.rmtree(unfinished, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
@@ -156,9 +140,28 @@ class DecompositionCache:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            self.computed += 1
             atomic_write_json(folder / f"{name}.json", {"folder": path.name, "sha256": files, "key": parts})
             return path
+
+        return self._found_or_made(kind, name, lambda: self._verified_folder(folder, name), write_and_record)
+
+    def _found_or_made(self, kind: str, name: str, load: Callable[[], T], make: Callable[[], T]) -> T:
+        """`load()`, or under the key's lock (another job may be making it right now) `load()` again, or `make()`:
+        a missing entry is logged, a corrupt one warned about."""
+        try:
+            return load()
+        except (FileNotFoundError, CorruptEntry):
+            pass
+        with _locked(self.root / kind / f"{name}.lock"):
+            try:
+                return load()
+            except FileNotFoundError:
+                log.info("decomposition cache: no %s entry %s yet; computing it", kind, name[:16])
+            except CorruptEntry as problem:
+                log.warning("decomposition cache: %s entry %s is corrupt (%s); recomputing it", kind, name[:16], problem)
+            made = make()
+            self.computed += 1
+            return made
 
     def holds(self, kind: str, key: Callable[[], Key]) -> bool:
         """Whether `fetch` would find an entry for `key()` (its manifest is there; verified only on load)."""
