@@ -212,8 +212,8 @@ def _load_gguf(cfg: ModelSourceConfig, dtype: torch.dtype, cache: DecompositionC
                "transformers": importlib.metadata.version("transformers"), "gguf": importlib.metadata.version("gguf")}
         saved = cache.fetch_folder("gguf_model", lambda: key,
                                    lambda folder: _save_pair(*_dequantise_gguf(directory, gguf_file, dtype), folder))
-        model = LlamaForCausalLM.from_pretrained(saved, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(saved)
+        local = _load_local(saved, dtype)
+        model, tokenizer = local.model, local.tokenizer
     model.config.name_or_path = str(path)
     return LoadedModel(model, tokenizer, provenance)
 
