@@ -26,7 +26,7 @@ from basel_app.evaluation.answer_loss import answer_loss
 from basel_app.evaluation.benchmarks import TASK_BENCHMARKS, BenchmarkSettings, run_benchmarks
 from basel_app.files import atomic_write_json
 from basel_app.lit.module import AnswerLossModule
-from basel_app.lit.trainer import build_eval_trainer, build_logger
+from basel_app.lit.trainer import build_eval_trainer, build_logger, inference_forward_context
 from basel_app.models import check_model_source, is_compressed_dir, load_compressed, load_model, read_metadata
 from basel_app.models.quantization import quantize_linears
 
@@ -69,11 +69,11 @@ def evaluate_on_task(
     try:
         # The loss on training records held out for choosing settings (task.validation_samples).
         held_out = datamodule.validation_dataset
-        with trainer.precision_plugin.forward_context():
+        with inference_forward_context(trainer):
             validation = None if held_out is None else answer_loss(model, tokenizer, held_out.items,
                                                                    datamodule.eval_batch_size)
         benchmarks = run_benchmarks(model, tokenizer, benchmark_names(eval_cfg, datamodule.task.name), settings,
-                                    trainer.precision_plugin.forward_context)
+                                    lambda: inference_forward_context(trainer))
     finally:
         model.to(home)
     return {

@@ -9,6 +9,8 @@ seconds. Variants:
     static/fp32    the evaluation path of a `32-true` run
     dynamic/bf16   bf16 autocast (the weights' casts cached for the call), dynamic cache
     static/bf16    the evaluation path of a `bf16-mixed` run (`trainer.precision=auto` on CPUs with bf16)
+    dynamic/bf16/frozen  dynamic/bf16 with no weight requiring grad, as a frozen or partly trained model is
+                   evaluated (autocast caches only the casts of weights that require grad)
 
 Each variant's texts are compared with dynamic/fp32's: float32 must agree token for token (the tests check
 it on a random model); bf16 rounds the logits, so a near-tie may flip and the text part ways from there.
@@ -46,15 +48,19 @@ def run(settings: GenerationSettings) -> dict[str, Any]:
     prompts = gsm8k_prompts(tokenizer, settings.batch)
     never = [model.config.vocab_size]  # no row stops early: each yields exactly new_tokens tokens
 
-    def variant(cache: str, precision: str):
+    def variant(cache: str, precision: str, frozen: bool = False):
         def generate() -> list[str]:
+            model.requires_grad_(not frozen)
             with autocast(precision == "bf16"):
                 return generate_greedy(model, tokenizer, prompts, settings.new_tokens, settings.batch,
                                        stop_token_ids=never, cache=cache, show_progress=False)
         return generate
 
     names = [(cache, precision) for precision in ("fp32", "bf16") for cache in ("dynamic", "static")]
-    measured = alternate({f"{c}/{p}": variant(c, p) for c, p in names}, settings.repeats, settings.warmup)
+    variants = {f"{c}/{p}": variant(c, p) for c, p in names}
+    variants["dynamic/bf16/frozen"] = variant("dynamic", "bf16", frozen=True)
+    measured = alternate(variants, settings.repeats, settings.warmup)
+    model.requires_grad_(True)
     reference = measured["dynamic/fp32"]["result"]
     tokens = settings.batch * settings.new_tokens
     base = measured["dynamic/fp32"]["seconds"]["median"]

@@ -20,7 +20,11 @@ layer's keys and values at every step. The static cache's unused slots are maske
 float32 its tokens were the dynamic cache's in every comparison (tests/evaluation/test_generation.py on a
 random Llama; docs/BENCHMARKS.md, "Costs", on SmolLM2), but it paid only in float32 at 256 new tokens
 (1.19x) and was slower under bf16 autocast, this CPU's default. Precision is the caller's: evaluation wraps generation in the trainer's forward
-context, i.e. bf16 autocast under bf16-mixed, whose weight casts autocast caches for the whole call. One
+context with autocast's weight-cast cache on (``lit.trainer.inference_forward_context``), i.e. bf16 autocast
+under bf16-mixed. Autocast caches the bf16 copy of a weight only if the weight requires grad, so a frozen
+model (a distillation teacher, one post-fine-tuned with ``post_finetune_params=lowrank``) would still be
+cast anew at every decoding step; decoding therefore marks the floating-point weights as requiring grad for
+the call (:func:`weights_cast_once`; no gradient is ever taken, and the flags are restored). One
 thing is pinned by hand: ``generate`` fills every option we leave unset from the checkpoint's
 ``generation_config.json`` (repetition penalty, ``min_new_tokens``, suppressed tokens, ...), which would
 silently turn "greedy" into something checkpoint-specific. During the call the model's generation config is
@@ -36,7 +40,8 @@ sorting), so which prompts share a batch is reproducible from the list alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -110,6 +115,26 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
     return input_ids.to(device), attention_mask.to(device)
 
 
+@contextmanager
+def weights_cast_once(model: nn.Module) -> Iterator[None]:
+    """Under autocast, cast each floating-point weight once for the block, not at every forward.
+
+    Autocast caches a weight's low-precision copy only for leaf tensors that require grad; this sets the flag
+    on those that lack it and clears it again afterwards. The cache costs a low-precision copy of the weights
+    for the block, as it does for trainable weights in training. Outside autocast it does nothing.
+    """
+    frozen = []
+    if torch.is_autocast_enabled(next(model.parameters()).device.type):
+        frozen = [p for p in model.parameters() if p.is_floating_point() and not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 @torch.no_grad()
 def generate_greedy(
     model: nn.Module,
@@ -160,7 +185,7 @@ def generate_greedy(
     model.generation_config = GenerationConfig()  # nothing of the checkpoint's decoding defaults leaks in
     texts: list[str] = []
     try:
-        with eval_mode(model):
+        with eval_mode(model), weights_cast_once(model):
             starts = range(0, len(prompts), batch_size)
             for start in tqdm(starts, desc="generate", unit="batch", disable=not show_progress):
                 batch = prompts[start : start + batch_size]

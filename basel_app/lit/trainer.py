@@ -143,6 +143,23 @@ def build_eval_trainer(cfg: TrainerConfig, logger: Logger | None, root_dir: Path
     return L.Trainer(**_shared_trainer_args(cfg, logger, root_dir), enable_checkpointing=False)
 
 
+@contextlib.contextmanager
+def inference_forward_context(trainer: L.Trainer) -> Iterator[None]:
+    """The trainer's forward context (bf16 autocast under bf16-mixed) with autocast's weight-cast cache on.
+
+    Lightning's AMP plugin turns the cache off, so every forward casts every weight again; a decoding step
+    is one forward of a few tokens, for which those casts cost more than the step itself (docs/BENCHMARKS.md,
+    "Greedy generation in the pipeline's evaluation"). The cache lives until the context ends.
+    """
+    with trainer.precision_plugin.forward_context():
+        device = trainer.strategy.root_device.type
+        if not torch.is_autocast_enabled(device):
+            yield
+            return
+        with torch.autocast(device, dtype=torch.get_autocast_dtype(device), cache_enabled=True):
+            yield
+
+
 def strategy(cfg: TrainerConfig) -> str | Strategy:
     """Lightning's strategy for `trainer.strategy`. Under ddp every parameter that trains takes part in every
     step (CompressionModule freezes the rest before the strategy wraps the model), so DDP needs no search for

@@ -16,9 +16,11 @@ from basel_app.evaluation.generation import (
     generate_greedy,
     left_pad,
     truncate_at_stop_strings,
+    weights_cast_once,
 )
 
 from ..tiny_llama import tiny_llama_config
+from ..weight_casts import CountWeightCasts
 
 MAX_NEW = 24
 
@@ -101,6 +103,32 @@ def test_static_cache_gives_the_dynamic_cache_tokens_in_float32(model, tokenizer
         dynamic = generate_greedy(model, tokenizer, prompts, 2 * MAX_NEW, batch_size, stop_token_ids=no_stop)
         assert static == dynamic
         assert len(set(static)) == len(static)  # the prompts lead to different texts
+
+
+def _weight_casts(model, tokenizer, prompts, new_tokens: int) -> tuple[list[str], int]:
+    """Greedy texts of `model` under bf16 autocast, and how many casts of its weights it made."""
+    no_stop = [tokenizer.pad_token_id]
+    with torch.autocast("cpu", dtype=torch.bfloat16), CountWeightCasts(list(model.parameters())) as counter:
+        texts = generate_greedy(model, tokenizer, prompts, new_tokens, len(prompts), stop_token_ids=no_stop)
+    return texts, counter.casts
+
+
+def test_a_frozen_model_casts_its_weights_once_per_call_under_autocast(model, tokenizer):
+    """Autocast caches a weight's bf16 copy only if it requires grad; decoding a frozen model must not cast
+    every weight again at every step (weights_cast_once), and gives the flags back as they were."""
+    prompts = prompts_of(tokenizer, TEXTS[:2])
+    model.requires_grad_(False)
+    try:
+        short_texts, short = _weight_casts(model, tokenizer, prompts, 2)
+        long_texts, long = _weight_casts(model, tokenizer, prompts, 12)
+        assert short > 0 and long == short  # one cast per weight per call, however many steps
+        assert not any(p.requires_grad for p in model.parameters())
+        with weights_cast_once(model):  # outside autocast: nothing to cache, nothing touched
+            assert not any(p.requires_grad for p in model.parameters())
+    finally:
+        model.requires_grad_(True)
+    trainable_texts, _ = _weight_casts(model, tokenizer, prompts, 12)
+    assert long_texts == trainable_texts and all(p.requires_grad for p in model.parameters())
 
 
 def test_order_is_preserved_across_batches(model, tokenizer):

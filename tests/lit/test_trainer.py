@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from basel_app.config.schema import TrainerConfig
 from basel_app.lit import trainer as trainer_module
-from basel_app.lit.trainer import build_eval_trainer, build_trainer, resolve_precision
+from basel_app.lit.trainer import build_eval_trainer, build_trainer, inference_forward_context, resolve_precision
+
+from ..weight_casts import CountWeightCasts
 
 
 @pytest.mark.parametrize(("has_bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
@@ -28,3 +31,25 @@ def test_an_explicit_precision_is_kept_whatever_the_hardware(monkeypatch, precis
 def test_the_cpu_probe_answers_for_this_machine():
     assert isinstance(trainer_module.hardware_has_bf16("cpu"), bool)
     assert trainer_module.hardware_has_bf16("mps") is False
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_the_inference_context_casts_a_weight_once_where_lightning_casts_it_every_forward(tmp_path, precision):
+    """Lightning's AMP context turns autocast's cache off; the inference context keeps its precision and turns
+    the cache on, so repeated forwards (decoding steps) reuse one bf16 copy of each weight."""
+    trainer = build_eval_trainer(TrainerConfig(precision=precision, enable_progress_bar=False), None, tmp_path)
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+
+    def forwards(context) -> tuple[int, torch.dtype]:
+        with context(), CountWeightCasts([layer.weight]) as counter:
+            outputs = [layer(x) for _ in range(5)]
+        return counter.casts, outputs[-1].dtype
+
+    lightning_casts, lightning_dtype = forwards(trainer.precision_plugin.forward_context)
+    casts, dtype = forwards(lambda: inference_forward_context(trainer))
+    assert dtype == lightning_dtype == (torch.bfloat16 if precision == "bf16-mixed" else torch.float32)
+    if precision == "bf16-mixed":
+        assert (lightning_casts, casts) == (5, 1)
+    else:
+        assert (lightning_casts, casts) == (0, 0)
