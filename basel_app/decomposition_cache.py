@@ -37,7 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from basel_app.files import atomic_write_json, sha256_of
+from basel_app.files import atomic_write_json, checksum_mismatch, sha256_of
 from basel_app.lowrank.factorizations import Factorization
 
 log = logging.getLogger(__name__)
@@ -211,9 +211,9 @@ class DecompositionCache:
         present = sorted(f.name for f in path.iterdir()) if path.is_dir() else []
         if present != sorted(files):
             raise CorruptEntry(f"{path.name} holds {present}, the manifest lists {sorted(files)}")
-        for file, sha in files.items():
-            if sha256_of(path / file) != sha:
-                raise CorruptEntry(f"{path.name}/{file} does not match its sha256")
+        problem = checksum_mismatch(path, files)
+        if problem is not None:
+            raise CorruptEntry(problem)
         log.info("decomposition cache: loading %s", path)
         return path
 

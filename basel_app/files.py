@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,18 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checksum_mismatch(folder: Path, expected: Mapping[str, str]) -> str | None:
+    """The first file of `expected` (name -> sha256) in `folder` that is missing or differs, as a phrase ("<path>
+    is missing" / "<path> is corrupt: ..."); None when every one matches."""
+    for name, sha in expected.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if sha256_of(file) != sha:
+            return f"{file} is corrupt: its sha256 differs from the one recorded when it was written"
+    return None
 
 
 def remove_unfinished_writes(root: Path) -> list[Path]:

@@ -30,7 +30,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from basel_app.config.errors import CorruptArtifact, NonFiniteError
-from basel_app.files import OLD, PARTIAL, sha256_of
+from basel_app.files import OLD, PARTIAL, checksum_mismatch, sha256_of
 from basel_app.finite import first_nonfinite
 from basel_app.lowrank import is_wrapper_tensor
 from basel_app.lowrank.thin import LowRankLinear
@@ -166,12 +166,9 @@ def verify_checksums(path: str | Path) -> None:
     if listed is None:
         logger.warning("%s has no checksums (saved by an older basel_app): loading it unverified", path)
         return
-    for name, expected in listed.items():
-        file = path / name
-        if not file.is_file():
-            raise CorruptArtifact(f"{file} is missing; the saved model at {path} is incomplete")
-        if sha256_of(file) != expected:
-            raise CorruptArtifact(f"{file} is corrupt: its sha256 differs from the one recorded when it was saved")
+    problem = checksum_mismatch(path, listed)
+    if problem is not None:
+        raise CorruptArtifact(f"{problem}; the saved model at {path} cannot be loaded as it is")
 
 
 def _as_lowrank_llama(model: LlamaForCausalLM, ranks: dict[str, int]) -> LowRankLlamaForCausalLM:
