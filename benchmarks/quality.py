@@ -54,11 +54,11 @@ class Ablation:
     variants: dict[str, list[str]]
 
 
-# Every ablation, in one place. Settings another branch adds (method.init, method.importance.hessian,
-# method.distill) are plain overrides here: an unknown key fails that run with a one-line config error.
+# Every ablation, in one place; each variant is a list of plain overrides.
 ABLATIONS: dict[str, Ablation] = {
     "init": Ablation(("basel", "bsi"), {v: [f"method.init={v}"] for v in ("svd", "whitened", "asvd")}),
     "estimator": Ablation(("bsi",), {v: [f"method.importance.hessian={v}"] for v in ("hutchinson", "fisher", "gnb")}),
+    "score": Ablation(("bsi",), {v: [f"ablation=score_{v}"] for v in ("both", "first", "second")}),
     "distill": Ablation(("basel", "bsi"), {"off": ["method.distill.alpha=0"], "alpha0.5": ["method.distill.alpha=0.5"]}),
     "additional_dim": Ablation(("basel", "bsi"), {f"r{d}": [f"ablation=additional_dim_{d}"] for d in (0, 16, 32, 64)}),
     "pruning_times": Ablation(("basel", "bsi"), {f"t{t}": [f"ablation=pruning_times_{t}"] for t in (2, 100)}),

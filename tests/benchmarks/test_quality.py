@@ -47,3 +47,15 @@ def test_quality_benchmark_end_to_end_and_resumes(tmp_path, capsys, monkeypatch)
     again = quality.main(["--out", str(tmp_path), *TINY])
     assert capsys.readouterr().out.count("[skip]") == 3
     assert again["rows"] == results["rows"]
+
+
+def test_every_ablation_variant_is_a_valid_run_config(monkeypatch, compose_config):
+    """A typo in an ablation's overrides would otherwise surface only after hours of the other variants."""
+    from omegaconf import OmegaConf
+
+    quality = load_script(monkeypatch)
+    for name, ablation in quality.ABLATIONS.items():
+        for method in ablation.methods:
+            for variant, overrides in ablation.variants.items():
+                cfg = OmegaConf.to_object(compose_config(f"method={method}", "method.compression_ratio=2", *overrides))
+                assert cfg.method.name == method, (name, variant)
