@@ -208,6 +208,9 @@ def test_bsi_estimator_defaults_to_gnb_within_the_papers_cost_and_scale_paper_re
     assert ESTIMATOR_COSTS["gnb"](32, 8) == 64 <= ESTIMATOR_COSTS["hutchinson"](4, 8) == 68  # the paper's cost
     assert importance("scale=paper") == ("hutchinson", 4, 8)  # the paper's estimator (scale_method/paper_bsi.yaml)
     assert importance("scale=cpu")[:2] == ("gnb", 4)  # the CPU profile's cheaper setting (scale_method/cpu_bsi.yaml)
+    score = {scale: OmegaConf.to_object(compose_config("method=bsi", f"scale={scale}")).method.score
+             for scale in ("cpu", "paper")}
+    assert score == {"cpu": "second", "paper": "both"}  # the profile's measured choice; the paper's Taylor estimate
     # Naming another estimator brings its own M, each within the paper's cost, unless M is given too.
     assert set(DEFAULT_BATCHES) == set(HESSIAN_ESTIMATORS)
     for hessian, batches in DEFAULT_BATCHES.items():
