@@ -4,6 +4,7 @@ Gauss-Newton diagonal, and the estimator object's floor, EMA, precision and stat
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -253,3 +254,19 @@ def test_a_gradient_that_is_zero_everywhere_is_refused_not_ranked_on(hessian):
         model.lm_head.weight.zero_()  # constant logits: the loss no longer depends on any s̃
     with pytest.raises(ValueError, match="exactly zero on every batch"):
         TaylorImportance(hessian, probes=1).statistics(model, [task_batch(5)], contextlib.nullcontext, seed=0)
+
+
+@pytest.mark.parametrize("variant, measured", [("both", False), ("second", True)])
+def test_one_batch_records_a_signal_to_noise_only_where_the_score_spread_is_measured(variant, measured):
+    """Hutchinson on one batch gives g no spread: the paper's score (g and H) then has no standard error and
+    records null, not an inf or a made-up figure; the curvature term alone keeps the probes' spread."""
+    model = pruned_llama(seed=11)
+    importance = TaylorImportance(probes=2, variant=variant)
+    importance.scores(model, [task_batch(12)], contextlib.nullcontext, seed=3)
+    record = importance.records[-1]
+    assert record["hessian_stderr_mean"] is not None and record["hessian_stderr_mean"] > 0
+    if measured:
+        assert record["score_signal_to_noise_median"] > 0 and record["score_stderr_mean"] > 0
+    else:
+        assert record["score_signal_to_noise_median"] is None and record["score_stderr_mean"] is None
+    json.dumps(record, allow_nan=False)  # what metrics.json gets
