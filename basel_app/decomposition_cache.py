@@ -94,6 +94,11 @@ class DecompositionCache:
         self.root = Path(root).expanduser() if root is not None else None
         self.computed = 0  # entries computed rather than loaded (a sweep's later jobs: 0)
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> DecompositionCache:
+        """The cache that the `cache` group (`CacheConfig`) names: `cache.dir`, or none with `cache.enabled=false`."""
+        return cls(cfg.dir if cfg.enabled else None)
+
     def fetch(
         self, kind: str, key: Callable[[], Key], compute: Callable[[], tuple[Tensors, Notes]],
         device: torch.device | str = "cpu",

@@ -22,6 +22,7 @@ from torch import nn
 from basel_app.cli import run_validated
 from basel_app.config.schema import EvalConfig, EvaluateConfig, ModelConfig, TrainerConfig, register_schema
 from basel_app.data import TaskDataModule
+from basel_app.decomposition_cache import DecompositionCache
 from basel_app.evaluation.answer_loss import answer_loss
 from basel_app.evaluation.benchmarks import TASK_BENCHMARKS, BenchmarkSettings, run_benchmarks
 from basel_app.files import atomic_write_json
@@ -100,13 +101,14 @@ def headline_numbers(evaluation: dict[str, Any], prefix: str) -> dict[str, float
     return numbers
 
 
-def load_any_model(cfg: ModelConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """The `model` group's model, or a compressed_model/ directory given as `model.path`."""
+def load_any_model(cfg: ModelConfig, cache: DecompositionCache) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The `model` group's model (a GGUF file dequantised once per `cache`), or a compressed_model/ directory
+    given as `model.path`."""
     if cfg.path and is_compressed_dir(cfg.path):
         model, tokenizer = load_compressed(cfg.path)
         return model, tokenizer, {"source": "compressed", "path": str(Path(cfg.path).absolute()),
                                   **read_metadata(cfg.path)}
-    loaded = load_model(cfg)
+    loaded = load_model(cfg, cache)
     return loaded.model, loaded.tokenizer, loaded.provenance
 
 
@@ -122,7 +124,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     datamodule = TaskDataModule.from_config(task, seed=cfg.seed)
     datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
-    model, tokenizer, provenance = load_any_model(cfg.model)
+    model, tokenizer, provenance = load_any_model(cfg.model, DecompositionCache.from_config(cfg.cache))
     if cfg.quantize != "none":
         quantize_linears(model, cfg.quantize)
     datamodule.attach_tokenizer(tokenizer)

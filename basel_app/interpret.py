@@ -29,6 +29,7 @@ from basel_app.cli import run_validated
 from basel_app.config.errors import ConfigError
 from basel_app.config.names import BLOCK_LINEARS
 from basel_app.config.schema import InterpretConfig, ModelConfig, register_schema
+from basel_app.decomposition_cache import DecompositionCache
 from basel_app.evaluate import load_any_model
 from basel_app.files import atomic_write_json, atomic_write_text
 from basel_app.lowrank import BaselLinear
@@ -245,7 +246,7 @@ def interpret(cfg: InterpretConfig) -> dict[str, Any]:
     layers = chosen("layer", cfg.layer, config["num_hidden_layers"], label)
     heads = chosen("head", cfg.head, config["num_attention_heads"], label)
 
-    model, tokenizer, provenance = load_any_model(model_cfg)
+    model, tokenizer, provenance = load_any_model(model_cfg, DecompositionCache.from_config(cfg.cache))
     read = token_reader(model, tokenizer, cfg.tokens)
     report: dict[str, Any] = {
         "label": label,

@@ -184,7 +184,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     clock.split("checks")
 
     # 2. The input model; the exact plan once tokenization has dropped any over-long examples; the targets.
-    cache = DecompositionCache(cfg.cache.dir if cfg.cache.enabled else None)
+    cache = DecompositionCache.from_config(cfg.cache)
     model, (tokenizer, base_model) = on_host(lambda: load_input_model(cfg.model, cache), hosted(cfg))
     datamodule.attach_tokenizer(tokenizer)
     datamodule.setup("fit")

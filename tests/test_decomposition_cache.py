@@ -11,15 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from basel_app.config.schema import register_schema
 from basel_app.decomposition_cache import DecompositionCache, fingerprint
+from basel_app.evaluate import evaluate
 from basel_app.files import sha256_of
+from basel_app.interpret import interpret
 from basel_app.methods import one_shot
 from basel_app.methods.one_shot import factorize_layers, svd_bases_of
 from basel_app.models import load_compressed
 from basel_app.pipeline import run
 
+from .conftest import CONF
 from .lit.test_pipeline import TINY
 from .lowrank.helpers import LLAMA_TARGETS, tiny_llama
 
@@ -287,3 +292,28 @@ def test_a_folder_write_that_fails_leaves_no_entry_and_a_killed_ones_folder_is_r
 def test_a_folder_entry_needs_a_cache_directory():
     with pytest.raises(ValueError, match="cache.enabled"):
         DecompositionCache(None).fetch_folder("model", lambda: {}, FolderWriter())
+
+
+class Loaded(Exception):
+    """Raised by a stand-in `load_model` once it has seen the cache it was given."""
+
+
+@pytest.mark.parametrize("entry_point", ["evaluate", "interpret"])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_evaluate_and_interpret_load_the_input_model_through_the_configured_cache(tmp_path, monkeypatch, entry_point,
+                                                                                  enabled):
+    """As the compression run does: a GGUF model is dequantised once per cache.dir, not on every call."""
+    seen = []
+
+    def load_model(cfg, cache=None):
+        seen.append(cache)
+        raise Loaded
+
+    monkeypatch.setattr("basel_app.evaluate.load_model", load_model)
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=entry_point, overrides=["model=tiny_random", f"output_dir={tmp_path / 'out'}",
+                                                          f"cache.dir={tmp_path / 'cache'}", f"cache.enabled={enabled}"])
+    with pytest.raises(Loaded):
+        {"evaluate": evaluate, "interpret": interpret}[entry_point](OmegaConf.to_object(cfg))
+    assert [cache.root for cache in seen] == [tmp_path / "cache" if enabled else None]

@@ -44,7 +44,7 @@ class DecompositionSettings:
 
 def run(settings: DecompositionSettings) -> dict[str, Any]:
     cfg = run_config([f"model={settings.model}", f"method.calibration_batches={settings.calibration_batches}"])
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, DecompositionCache.from_config(cfg.cache))  # the input model; not what is timed
     data = TaskDataModule.from_config(cfg.task, seed=cfg.seed)
     data.load_records()
     data.attach_tokenizer(loaded.tokenizer)

@@ -8,7 +8,8 @@ from typing import Any
 from hydra import compose, initialize
 from omegaconf import OmegaConf
 
-from basel_app.config.schema import ModelConfig, RunConfig, register_schema
+from basel_app.config.schema import RunConfig, register_schema
+from basel_app.decomposition_cache import DecompositionCache
 from basel_app.models import load_model
 
 
@@ -20,12 +21,8 @@ def run_config(overrides: list[str] = ()) -> RunConfig:
     return OmegaConf.to_object(cfg)
 
 
-def model_config(name: str, overrides: list[str] = ()) -> ModelConfig:
-    """The `model=<name>` group of the run config, with `model.*` overrides."""
-    return run_config([f"model={name}", *overrides]).model
-
-
 def load(name: str) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) of `model=<name>`."""
-    loaded = load_model(model_config(name))
+    """(model in eval mode, tokenizer) of `model=<name>`; a GGUF file is dequantised once per `cache.dir`."""
+    cfg = run_config([f"model={name}"])
+    loaded = load_model(cfg.model, DecompositionCache.from_config(cfg.cache))
     return loaded.model.eval(), loaded.tokenizer

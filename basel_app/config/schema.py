@@ -413,6 +413,7 @@ class EvaluateConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # a GGUF input model is dequantised once
     seed: int = 0
     output_dir: str = "."  # set to Hydra's run dir by the config; a compression run resumes if it holds checkpoints
     # Weight-only int8 | int4 (torchao): the model evaluated quantized (a compression run: besides the float one,
@@ -431,7 +432,6 @@ class RunConfig(EvaluateConfig):
 
     method: MethodConfig = field(default_factory=MethodConfig)
     ablation: dict[str, bool] = field(default_factory=dict)  # {preset: true} per conf/ablation preset chosen
-    cache: CacheConfig = field(default_factory=CacheConfig)
 
     @property
     def ablations(self) -> list[str]:
@@ -498,6 +498,7 @@ class InterpretConfig:
     linears: list[str] = field(default_factory=list)  # block linears whose own bases are read (o_proj, q_proj, ...)
     bases: int = 3  # bases shown per head, per linear, and per kept/pruned list, largest first
     tokens: int = 8  # tokens shown per basis
+    cache: CacheConfig = field(default_factory=CacheConfig)  # a GGUF input model is dequantised once
     seed: int = 0
     output_dir: str = "."  # where interpret.md/json go: run_dir when given, else Hydra's run dir
 
