@@ -17,7 +17,7 @@
 
 Stages 0 and 1 each end in a saved model (a stage boundary), so a resumed run that finds one skips
 what produced it; within a stage, a run dir that holds checkpoints is resumed from the newest that passes
-its sha256. A boundary that fails its checksums is removed with every later one, and the stage that wrote it
+its sha256, and only under the settings they were made with (`run_settings.py`). A boundary that fails its checksums is removed with every later one, and the stage that wrote it
 runs again. Unfinished writes of a killed attempt are removed first. SIGTERM saves a checkpoint when it comes
 during training and ends the run with `Preempted` (exit status 75); a NaN or inf in training stops it with
 `NonFiniteError` (exit status 3) unless `trainer.on_nonfinite=skip`.
@@ -102,6 +102,7 @@ from basel_app.models.compressed_io import weight_bytes_on_disk
 from basel_app.models.quantization import quantize_linears
 from basel_app.plots import save_run_pictures
 from basel_app.preemption import Preemption
+from basel_app.run_settings import check_and_record_settings
 from basel_app.spread import Prefetched
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,9 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     clock = PhaseClock()
 
-    # 1. Cheap checks first: a bad model source or data file fails (a ConfigError) before any loading.
+    # 1. Cheap checks first: a bad model source or data file, or a resume under other settings, fails (a
+    # ConfigError) before any loading.
+    on_rank_zero(lambda: check_and_record_settings(out, asdict(cfg)))
     check_model_source(cfg.model)
     datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed, world_size=cfg.trainer.world_size)
     datamodule.load_records()

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 import basel_app
 from basel_app import pipeline
 from basel_app.cli import run_validated
-from basel_app.config.errors import Preempted
+from basel_app.config.errors import ConfigError, Preempted
 from basel_app.config.schema import TrainerConfig
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainer import resolve_precision
@@ -345,6 +345,29 @@ def test_killed_and_preempted_runs_end_like_an_uninterrupted_one(compose_config,
         logits = basel_app.load_compressed(out / "compressed_model")[0](ids).logits
         torch.testing.assert_close(logits, reference_logits, rtol=0, atol=0, msg=sig.name)
         assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_a_resume_under_other_settings_is_refused_before_loading_and_names_the_change(compose_config, tmp_path,
+                                                                                      monkeypatch):
+    overrides = ("method.post_finetune_lr=3e-4", "eval.enabled=false")
+    out = tmp_path / "run"
+    crash_in_training_step(monkeypatch, at_step=0, lr=3e-4)  # stage 1 done and saved, stage 2 not
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny_config(compose_config, out, *overrides))
+    monkeypatch.undo()
+    loads = []
+    monkeypatch.setattr(pipeline, "load_input_model", lambda *a: loads.append(1))
+    with pytest.raises(ConfigError, match=r"holds checkpoints of a run with other settings "
+                                          r"\(method.post_finetune_lr=0.0003 there, 0.0001 now\)"):
+        run(tiny_config(compose_config, out, "method.post_finetune_lr=1e-4", "eval.enabled=false"))
+    assert loads == []
+    monkeypatch.undo()
+    # The same settings, with only result-neutral ones changed: resumed and finished.
+    run(tiny_config(compose_config, out, *overrides, "trainer.enable_progress_bar=true"))
+    assert (out / "metrics.json").exists() and not (out / "checkpoints").exists()
+    # A finished run left nothing to resume: the same dir may now be run with other settings.
+    run(tiny_config(compose_config, out, "method.post_finetune_lr=1e-4", "eval.enabled=false"))
+    assert json.loads((out / "run_settings.json").read_text())["method"]["post_finetune_lr"] == 1e-4
 
 
 def test_a_corrupt_stage_boundary_is_named_never_used_and_stage_1_redone(compose_config, tmp_path, monkeypatch, caplog):
