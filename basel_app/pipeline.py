@@ -17,10 +17,11 @@
 
 Stages 0 and 1 each end in a saved model (a stage boundary), so a resumed run that finds one skips
 what produced it; within a stage, a run dir that holds checkpoints is resumed from the newest that passes
-its sha256, and only under the settings they were made with (`run_settings.py`). A boundary that fails its checksums is removed with every later one, and the stage that wrote it
-runs again. Unfinished writes of a killed attempt are removed first. SIGTERM saves a checkpoint when it comes
-during training and ends the run with `Preempted` (exit status 75); a NaN or inf in training stops it with
-`NonFiniteError` (exit status 3) unless `trainer.on_nonfinite=skip`.
+its sha256, and only under the settings they were made with (`run_settings.py`). A boundary that fails its
+checksums is removed with every later one, and the stage that wrote it runs again. Unfinished writes of a
+killed attempt are removed first. SIGTERM saves a checkpoint when it comes during training and ends the run
+with `Preempted` (exit status 75); a NaN or inf in training stops it with `NonFiniteError` (exit status 3)
+unless `trainer.on_nonfinite=skip`.
 
 Under `trainer.strategy=ddp` or `fsdp` every process runs this same function (started by `processes`, first);
 they train together, each on its part of every batch, and agree on every mask (`PruneScheduler`). Only
