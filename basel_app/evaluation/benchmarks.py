@@ -27,11 +27,14 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from basel_app.modes import eval_mode
+
+if TYPE_CHECKING:
+    from basel_app.evaluation.generation import GreedyDecoding
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +58,17 @@ def _first(items: list, limit: int | None) -> list:
     return items if limit is None else items[:limit]
 
 
-def _generate(model: nn.Module, tokenizer: Any, prompts: list[str], settings: BenchmarkSettings) -> list[str]:
-    from basel_app.evaluation.generation import generate_greedy
+def _generate(model: nn.Module, tokenizer: Any, prompts: list[str], settings: BenchmarkSettings) -> GreedyDecoding:
+    from basel_app.evaluation.generation import decode_greedy
     from basel_app.tasks.encoding import prompt_ids
 
     ids = [prompt_ids(tokenizer, prompt, settings.system_prompt) for prompt in prompts]
-    return generate_greedy(model, tokenizer, ids, settings.max_new_tokens, settings.batch_size)
+    return decode_greedy(model, tokenizer, ids, settings.max_new_tokens, settings.batch_size)
+
+
+def _decoding(decoded: GreedyDecoding) -> dict[str, int]:
+    """What the generation cost, beside a benchmark's "seconds": two models' times compare per decode step."""
+    return {"decode_steps": decoded.decode_steps, "new_tokens": decoded.new_tokens}
 
 
 def _examples(prompts: list[str], generations: list[str], correct: list[bool], n: int = 3) -> list[dict[str, Any]]:
@@ -73,9 +81,9 @@ def run_gsm8k(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> 
 
     records = _first(read_packaged_split("gsm8k", "test", {"question": str, "answer": str}), settings.limit)
     prompts = [r["question"] for r in records]
-    generations = _generate(model, tokenizer, prompts, settings)
-    scores = score_gsm8k(generations, records)
-    return {**_summary(scores), "examples": _examples(prompts, generations, scores["correct_strict"])}
+    decoded = _generate(model, tokenizer, prompts, settings)
+    scores = score_gsm8k(decoded.texts, records)
+    return {**_summary(scores), **_decoding(decoded), "examples": _examples(prompts, decoded.texts, scores["correct_strict"])}
 
 
 def run_math(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> dict[str, Any]:
@@ -84,9 +92,9 @@ def run_math(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> d
 
     records = _first(read_packaged_split("math", "test", {"problem": str, "solution": str}), settings.limit)
     prompts = [r["problem"] + MATH_INSTRUCTION for r in records]
-    generations = _generate(model, tokenizer, prompts, settings)
-    scores = score_math(generations, records)
-    return {**_summary(scores), "examples": _examples(prompts, generations, scores["correct"])}
+    decoded = _generate(model, tokenizer, prompts, settings)
+    scores = score_math(decoded.texts, records)
+    return {**_summary(scores), **_decoding(decoded), "examples": _examples(prompts, decoded.texts, scores["correct"])}
 
 
 def run_humaneval(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> dict[str, Any]:
@@ -94,9 +102,9 @@ def run_humaneval(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings)
 
     problems = _first(humaneval_problems(), settings.limit)
     prompts = [HUMANEVAL_INSTRUCTION + "```python\n" + p["prompt"] + "```" for p in problems]
-    generations = _generate(model, tokenizer, prompts, settings)
-    programs = [humaneval_program(p, extract_code(g)) for p, g in zip(problems, generations)]
-    return _run_code(programs, prompts, generations, settings)
+    decoded = _generate(model, tokenizer, prompts, settings)
+    programs = [humaneval_program(p, extract_code(g)) for p, g in zip(problems, decoded.texts)]
+    return _run_code(programs, prompts, decoded, settings)
 
 
 def run_mbpp(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> dict[str, Any]:
@@ -106,12 +114,12 @@ def run_mbpp(model: nn.Module, tokenizer: Any, settings: BenchmarkSettings) -> d
     task = CodeTask.packaged()
     records = _first(task.read_split("test"), settings.limit)
     prompts = [task.to_example(r)[0] for r in records]
-    generations = _generate(model, tokenizer, prompts, settings)
-    programs = [mbpp_program(r, extract_code(g)) for r, g in zip(records, generations)]
-    return _run_code(programs, prompts, generations, settings)
+    decoded = _generate(model, tokenizer, prompts, settings)
+    programs = [mbpp_program(r, extract_code(g)) for r, g in zip(records, decoded.texts)]
+    return _run_code(programs, prompts, decoded, settings)
 
 
-def _run_code(programs: list[str], prompts: list[str], generations: list[str], settings: BenchmarkSettings
+def _run_code(programs: list[str], prompts: list[str], decoded: GreedyDecoding, settings: BenchmarkSettings
               ) -> dict[str, Any]:
     from basel_app.evaluation.code_scoring import pass_at_1
     from basel_app.evaluation.sandbox import Limits, isolation, run_programs
@@ -123,7 +131,8 @@ def _run_code(programs: list[str], prompts: list[str], generations: list[str], s
         "items": len(outcomes),
         "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
         "sandbox": isolation(),
-        "examples": _examples(prompts, generations, [o.passed for o in outcomes]),
+        **_decoding(decoded),
+        "examples": _examples(prompts, decoded.texts, [o.passed for o in outcomes]),
     }
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -135,8 +136,30 @@ def weights_cast_once(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(False)
 
 
+@dataclass(frozen=True)
+class GreedyDecoding:
+    """The texts of one ``decode_greedy`` call and what decoding them cost.
+
+    ``decode_steps`` counts the forward steps after the prompt, summed over batches: a batch steps until its
+    last row stops, so it exceeds ``new_tokens`` (each row's tokens up to its stop) by what early-stopping rows
+    wait. Seconds per step compares models; steps per new token says how much waiting the batching costs.
+    """
+
+    texts: list[str]
+    decode_steps: int
+    new_tokens: int
+
+
+def generate_greedy(model: nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+                    stop_strings: Sequence[str] = (), stop_token_ids: Sequence[int] | None = None, *,
+                    cache: str = "dynamic", show_progress: bool = True) -> list[str]:
+    """The texts of :func:`decode_greedy`."""
+    return decode_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, stop_token_ids,
+                         cache=cache, show_progress=show_progress).texts
+
+
 @torch.no_grad()
-def generate_greedy(
+def decode_greedy(
     model: nn.Module,
     tokenizer: Any,
     prompts: list[list[int]],
@@ -147,7 +170,7 @@ def generate_greedy(
     *,
     cache: str = "dynamic",
     show_progress: bool = True,
-) -> list[str]:
+) -> GreedyDecoding:
     """Greedy continuations of ``prompts`` (token ids, e.g. ``Task.prompt_ids``), one string per prompt, in order.
 
     Each text is the decoded new tokens only (special tokens skipped), ending before the first stop token
@@ -165,7 +188,7 @@ def generate_greedy(
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (use Task.prompt_ids to build them)")
     if not prompts:
-        return []
+        return GreedyDecoding([], 0, 0)
     stop_ids = list(stop_token_ids) if stop_token_ids is not None else default_stop_token_ids(model, tokenizer)
     if not stop_ids:
         raise ValueError("stop_token_ids is empty; pass at least the eos id, or None for the defaults")
@@ -184,6 +207,7 @@ def generate_greedy(
     checkpoint_config = getattr(model, "generation_config", None)
     model.generation_config = GenerationConfig()  # nothing of the checkpoint's decoding defaults leaks in
     texts: list[str] = []
+    decode_steps = new_tokens = 0
     try:
         with eval_mode(model), weights_cast_once(model):
             starts = range(0, len(prompts), batch_size)
@@ -199,16 +223,24 @@ def generate_greedy(
                     generation_config=greedy,
                     stopping_criteria=criteria,
                 )
-                for row in output[:, input_ids.shape[1] :].tolist():
-                    texts.append(_decode_new_tokens(tokenizer, row, stop_ids, stop_strings))
+                generated = output[:, input_ids.shape[1] :].tolist()
+                decode_steps += len(generated[0])
+                for row in generated:
+                    end = _stop_index(row, stop_ids)
+                    new_tokens += _stop_index(row[:end], [pad_id])  # a row stopped by a stop string is padded
+                    texts.append(_decode_new_tokens(tokenizer, row[:end], stop_strings))
     finally:
         model.generation_config = checkpoint_config
-    return texts
+    return GreedyDecoding(texts, decode_steps, new_tokens)
 
 
-def _decode_new_tokens(tokenizer: Any, new_ids: list[int], stop_ids: Sequence[int], stop_strings: Sequence[str]) -> str:
-    """Text of one row's generated ids up to the first stop token, cut at the first stop string."""
+def _stop_index(new_ids: list[int], stop_ids: Sequence[int]) -> int:
+    """Where one row's generated ids end: its first stop token, or its length."""
     stops = set(stop_ids)
-    end = next((i for i, token in enumerate(new_ids) if token in stops), len(new_ids))
-    text = tokenizer.decode(new_ids[:end], skip_special_tokens=True)
+    return next((i for i, token in enumerate(new_ids) if token in stops), len(new_ids))
+
+
+def _decode_new_tokens(tokenizer: Any, new_ids: list[int], stop_strings: Sequence[str]) -> str:
+    """Text of one row's generated ids (up to its stop token), cut at the first stop string."""
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
     return truncate_at_stop_strings(text, stop_strings) if stop_strings else text

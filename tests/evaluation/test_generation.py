@@ -12,6 +12,7 @@ import torch
 from transformers import GenerationConfig, LlamaForCausalLM
 
 from basel_app.evaluation.generation import (
+    decode_greedy,
     default_stop_token_ids,
     generate_greedy,
     left_pad,
@@ -169,6 +170,21 @@ def test_stops_at_a_stop_token_and_decodes_only_new_tokens(model, tokenizer):
     assert short == tokenizer.decode(new_ids[:3])
 
 
+def test_decoding_counts_the_batch_steps_and_each_row_s_tokens_to_its_stop(model, tokenizer):
+    """A batch steps until its last row stops; a row's new tokens end at its stop token (or stop string)."""
+    prompts = prompts_of(tokenizer, TEXTS)
+    no_stop = [tokenizer.pad_token_id]
+    full = decode_greedy(model, tokenizer, prompts, 7, batch_size=3, stop_token_ids=no_stop)
+    assert (full.decode_steps, full.new_tokens) == (2 * 7, 4 * 7)  # batches of 3 and 1, every row to the limit
+    first = unpadded_greedy_ids(model, prompts[0], 7, no_stop)
+    stop = first[2]  # the first prompt's 3rd token stops it; what the other rows make of it is their own
+    stopped = decode_greedy(model, tokenizer, prompts, 7, batch_size=3, stop_token_ids=[stop])
+    lengths = [len(unpadded_greedy_ids(model, p, 7, [stop])) for p in prompts]
+    assert lengths[0] == 2 and stopped.new_tokens == sum(lengths)
+    assert stopped.decode_steps == min(max(lengths[:3]) + 1, 7) + min(lengths[3] + 1, 7)
+    assert stopped.texts == generate_greedy(model, tokenizer, prompts, 7, batch_size=3, stop_token_ids=[stop])
+
+
 def test_default_stop_tokens_include_eos_and_end_of_turn(model, tokenizer):
     ids = default_stop_token_ids(model, tokenizer)
     assert tokenizer.eos_token_id in ids
@@ -196,6 +212,7 @@ def test_rejects_bad_arguments(model, tokenizer):
     with pytest.raises(ValueError, match="cache='paged'"):
         generate_greedy(model, tokenizer, [[1]], 4, batch_size=1, cache="paged")
     assert generate_greedy(model, tokenizer, [], 4, batch_size=2) == []
+    assert decode_greedy(model, tokenizer, [], 4, batch_size=2).decode_steps == 0
 
 
 @pytest.mark.slow

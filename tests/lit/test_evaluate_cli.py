@@ -28,8 +28,9 @@ def test_evaluates_a_model_from_the_model_group(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["task"] == "math" and metrics["model"]["source"] == "random"
     assert set(metrics["eval"]["benchmarks"]) == {"gsm8k", "math"}
-    assert metrics["eval"]["benchmarks"]["gsm8k"]["n"] == 2
-    assert metrics["eval"]["benchmarks"]["gsm8k"]["settings"]["batch_size"] == 8
+    gsm8k = metrics["eval"]["benchmarks"]["gsm8k"]
+    assert gsm8k["n"] == 2 and gsm8k["settings"]["batch_size"] == 8
+    assert 1 <= gsm8k["decode_steps"] <= 4 and gsm8k["new_tokens"] <= 2 * 4  # one batch, eval.max_new_tokens=4
 
 
 def test_evaluates_a_compressed_model_directory(compose_config, tmp_path):
