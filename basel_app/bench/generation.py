@@ -11,6 +11,11 @@ seconds. Variants:
     static/bf16    the evaluation path of a `bf16-mixed` run (`trainer.precision=auto` on CPUs with bf16)
     dynamic/bf16/frozen  dynamic/bf16 with no weight requiring grad, as a frozen or partly trained model is
                    evaluated (autocast caches only the casts of weights that require grad)
+    weights only/fp32, weights only/bf16  no model: per decoding step, one `batch`-row product with every
+                   linear weight of the model (the head included), back to back. What a decode step cannot go
+                   below with these kernels and this precision, whatever the Python around them; its
+                   speed-up column is the most that cutting everything else (attention, norms, dispatch) could
+                   give, and its GB/s is the weight stream's rate.
 
 Each variant's texts are compared with dynamic/fp32's: float32 must agree token for token (the tests check
 it on a random model); bf16 rounds the logits, so a near-tie may flip and the text part ways from there.
@@ -20,6 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+from torch import nn
 
 from basel_app.bench.measure import alternate, autocast, table
 from basel_app.bench.models import load
@@ -43,6 +51,20 @@ def gsm8k_prompts(tokenizer: Any, count: int) -> list[list[int]]:
     return [prompt_ids(tokenizer, record["question"], None) for record in records]
 
 
+def weights_only(model: nn.Module, batch: int, steps: int, dtype: torch.dtype):
+    """`steps` rounds of one `batch`-row product with each distinct linear weight of `model`, in `dtype`."""
+    weights = list({id(m.weight): m.weight.detach().to(dtype) for m in model.modules() if isinstance(m, nn.Linear)}
+                   .values())
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=dtype) for w in weights}
+
+    @torch.no_grad()
+    def products() -> None:
+        for _ in range(steps):
+            for weight in weights:
+                torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+    return products, sum(w.numel() * w.element_size() for w in weights)
+
+
 def run(settings: GenerationSettings) -> dict[str, Any]:
     model, tokenizer = load(settings.model)
     prompts = gsm8k_prompts(tokenizer, settings.batch)
@@ -59,6 +81,10 @@ def run(settings: GenerationSettings) -> dict[str, Any]:
     names = [(cache, precision) for precision in ("fp32", "bf16") for cache in ("dynamic", "static")]
     variants = {f"{c}/{p}": variant(c, p) for c, p in names}
     variants["dynamic/bf16/frozen"] = variant("dynamic", "bf16", frozen=True)
+    weight_bytes = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        variants[f"weights only/{precision}"], weight_bytes[f"weights only/{precision}"] = weights_only(
+            model, settings.batch, settings.new_tokens, dtype)
     measured = alternate(variants, settings.repeats, settings.warmup)
     model.requires_grad_(True)
     reference = measured["dynamic/fp32"]["result"]
@@ -68,9 +94,12 @@ def run(settings: GenerationSettings) -> dict[str, Any]:
     for name, m in measured.items():
         texts = m.pop("result")
         rows[name] = {**m, "new_tokens_per_s": tokens / m["seconds"]["median"],
-                      "speedup_vs_dynamic_fp32": base / m["seconds"]["median"],
-                      "rows_identical_to_dynamic_fp32": sum(a == b for a, b in zip(texts, reference)),
-                      "first_difference_chars": [_first_difference(a, b) for a, b in zip(texts, reference)]}
+                      "speedup_vs_dynamic_fp32": base / m["seconds"]["median"]}
+        if texts is None:  # weights only: no text, a weight stream
+            rows[name]["weight_gb_per_s"] = weight_bytes[name] * settings.new_tokens / m["seconds"]["median"] / 1e9
+        else:
+            rows[name] |= {"rows_identical_to_dynamic_fp32": sum(a == b for a, b in zip(texts, reference)),
+                           "first_difference_chars": [_first_difference(a, b) for a, b in zip(texts, reference)]}
     return {"settings": settings.__dict__, "prompt_tokens": [len(p) for p in prompts], "variants": rows}
 
 
@@ -85,8 +114,9 @@ def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     rows = [[name, v["seconds"]["median"], f"{v['seconds']['min']:.3g}-{v['seconds']['max']:.3g}",
              v["new_tokens_per_s"], f"{v['speedup_vs_dynamic_fp32']:.2f}x",
-             f"{v['rows_identical_to_dynamic_fp32']}/{s['batch']}", v["peak_bytes"] / 2**20]
+             f"{v['rows_identical_to_dynamic_fp32']}/{s['batch']}" if "weight_gb_per_s" not in v else "—",
+             v["peak_bytes"] / 2**20, v.get("weight_gb_per_s", "—")]
             for name, v in result["variants"].items()]
     header = ["cache/precision", "s (median)", "s (min-max)", "new tokens/s", "speed-up", "rows = dynamic/fp32",
-              "peak MB"]
+              "peak MB", "weights GB/s"]
     return f"generation: {s['model']}, batch {s['batch']}, {s['new_tokens']} new tokens\n\n" + table(header, rows)

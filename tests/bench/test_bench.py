@@ -48,11 +48,15 @@ def test_peak_memory_sees_a_transient_allocation():
 def test_generation_static_cache_keeps_the_fp32_tokens(tmp_path, capsys):
     result = bench("generation", tmp_path, "--new-tokens", "12")
     variants = result["variants"]
-    assert set(variants) == {"dynamic/fp32", "static/fp32", "dynamic/bf16", "static/bf16", "dynamic/bf16/frozen"}
+    assert set(variants) == {"dynamic/fp32", "static/fp32", "dynamic/bf16", "static/bf16", "dynamic/bf16/frozen",
+                             "weights only/fp32", "weights only/bf16"}
     assert variants["static/fp32"]["rows_identical_to_dynamic_fp32"] == result["settings"]["batch"]
     assert variants["dynamic/bf16/frozen"]["first_difference_chars"] == variants["dynamic/bf16"]["first_difference_chars"]
     assert variants["static/fp32"]["new_tokens_per_s"] > 0
     assert "static/bf16" in capsys.readouterr().out
+    # the weight stream alone: every linear weight once per new token, faster than any whole decode step
+    assert variants["weights only/fp32"]["weight_gb_per_s"] > 0
+    assert variants["weights only/fp32"]["seconds"]["median"] < variants["dynamic/fp32"]["seconds"]["median"]
 
 
 def test_training_step_counts_fewer_flops_when_fewer_bases_are_kept(tmp_path):
