@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from basel_app.bench.measure import alternate, autocast, table
+from basel_app.bench.measure import alternate, autocast, table, weights_only
 from basel_app.bench.models import load
 from basel_app.evaluation.generation import generate_greedy
 
@@ -49,20 +48,6 @@ def gsm8k_prompts(tokenizer: Any, count: int) -> list[list[int]]:
 
     records = read_packaged_split("gsm8k", "test", {"question": str, "answer": str})[:count]
     return [prompt_ids(tokenizer, record["question"], None) for record in records]
-
-
-def weights_only(model: nn.Module, batch: int, steps: int, dtype: torch.dtype):
-    """`steps` rounds of one `batch`-row product with each distinct linear weight of `model`, in `dtype`."""
-    weights = list({id(m.weight): m.weight.detach().to(dtype) for m in model.modules() if isinstance(m, nn.Linear)}
-                   .values())
-    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=dtype) for w in weights}
-
-    @torch.no_grad()
-    def products() -> None:
-        for _ in range(steps):
-            for weight in weights:
-                torch.nn.functional.linear(inputs[weight.shape[1]], weight)
-    return products, sum(w.numel() * w.element_size() for w in weights)
 
 
 def run(settings: GenerationSettings) -> dict[str, Any]:

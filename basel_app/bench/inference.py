@@ -18,7 +18,9 @@ above what was resident before it (KV cache, activations, autocast's bf16 weight
 What bounds decoding: one extra untimed generate call per model under `torch.profiler` gives the share of
 CPU time spent inside matrix-product kernels (`GEMM_OPS`) and the number of them per decoded token. A low
 share means the step is bound by per-operator overhead (Python, dispatch, autocast), not by FLOPs or
-memory bandwidth, and then more, thinner GEMMs cost time even though they move fewer bytes.
+memory bandwidth, and then more, thinner GEMMs cost time even though they move fewer bytes. Each float
+model's weight stream is also timed alone (`weights_only`: a `batch`-row product with every linear weight per
+new token, in the decode's precision, nothing else), the decode rate its linears alone would allow.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from basel_app.bench.measure import alternate, autocast, table
+from basel_app.bench.measure import alternate, autocast, table, weights_only
 from basel_app.bench.models import load
 from basel_app.config.names import BLOCK_LINEARS
 from basel_app.config.schema import MethodConfig, TrainerConfig
@@ -94,6 +96,7 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
         if settings.rank_multiple > 1:
             models[f"svd {ratio:g}x ranks%{settings.rank_multiple}"] = svd_compressed(dense, ratio, factors,
                                                                                     settings.rank_multiple)
+    floats = set(models)
     for scheme in (s for s in settings.quantize.split(",") if s != "none"):
         for name in [n for n in models if n == "dense" or n.endswith("x")]:  # the float ones
             models[f"{name} {scheme}"] = quantized = copy.deepcopy(models[name])
@@ -111,9 +114,12 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
         return call
 
     variants = {}
+    weights_dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
     for name, model in models.items():
         variants[name + "/prefill"] = generate(model, 1)
         variants[name + "/generate"] = generate(model, settings.new_tokens + 1)
+        if name in floats:  # quantized weights are not plain tensors
+            variants[name + "/weights only"] = weights_only(model, settings.batch, settings.new_tokens, weights_dtype)[0]
     measured = alternate(variants, settings.repeats, settings.warmup)
     rows = {}
     for name, model in models.items():
@@ -126,6 +132,8 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
             # None when the difference drowns in noise (too few new tokens for the machine's jitter)
             "decode_tokens_per_s": settings.batch * settings.new_tokens / (tn - t1) if tn > t1 else None,
             "peak_bytes": whole["peak_bytes"],
+            "weights_only_tokens_per_s": (settings.batch * settings.new_tokens / measured[name + "/weights only"]
+                                          ["seconds"]["median"] if name + "/weights only" in measured else None),
             **gemm_profile(variants[name + "/generate"], settings.new_tokens + 1),
         }
     dense_decode = rows["dense"]["decode_tokens_per_s"]
@@ -141,10 +149,10 @@ def render(result: dict[str, Any]) -> str:
              f"{v['prefill_vs_dense']:.2f}x", v["decode_tokens_per_s"] or "n/a",
              f"{v['decode_vs_dense']:.2f}x" if v["decode_vs_dense"] else "n/a",
              v["peak_bytes"] / 2**20, (v["state_bytes"] + v["peak_bytes"]) / 2**20,
-             f"{v['gemm_time_share']:.0%}", v["gemm_calls_per_token"]]
+             f"{v['gemm_time_share']:.0%}", v["gemm_calls_per_token"], v["weights_only_tokens_per_s"] or "—"]
             for name, v in result["models"].items()]
     s = result["settings"]
     header = ["model", "parameters", "weights MB", "prefill tok/s", "prefill / dense", "decode tok/s",
-              "decode / dense", "run peak MB", "weights + peak MB", "GEMM time", "GEMMs / token"]
+              "decode / dense", "run peak MB", "weights + peak MB", "GEMM time", "GEMMs / token", "weights only tok/s"]
     return (f"inference: {s['model']}, batch {s['batch']}, prompt {s['prompt_tokens']}, {s['new_tokens']} new tokens, "
             f"{result['precision']}\n\n" + table(header, rows))

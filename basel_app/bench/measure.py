@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 
 def summary(samples: list[float]) -> dict[str, Any]:
@@ -101,6 +102,22 @@ def alternate(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int,
             peaks[name] = max(peaks[name], memory.peak)
     return {name: {"seconds": summary(seconds[name]), "peak_bytes": peaks[name], "result": results[name]}
             for name in variants}
+
+
+def weights_only(model: nn.Module, batch: int, steps: int, dtype: torch.dtype) -> tuple[Callable[[], None], int]:
+    """A call making `steps` rounds of one `batch`-row product with each distinct linear weight of `model`, in
+    `dtype`, and nothing else, and the bytes of those weights: the floor under a decode step of `batch` rows,
+    whatever the model does around its linears."""
+    weights = list({id(m.weight): m.weight.detach().to(dtype) for m in model.modules() if isinstance(m, nn.Linear)}
+                   .values())
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=dtype) for w in weights}
+
+    @torch.no_grad()
+    def products() -> None:
+        for _ in range(steps):
+            for weight in weights:
+                torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+    return products, sum(w.numel() * w.element_size() for w in weights)
 
 
 def machine() -> dict[str, Any]:

@@ -97,6 +97,7 @@ def test_inference_compressed_models_have_the_asked_size(tmp_path):
     # every block linear becomes two thin products: about twice the GEMMs per token (lm_head stays one)
     assert models["svd 2x"]["gemm_calls_per_token"] > 1.5 * models["dense"]["gemm_calls_per_token"]
     assert models["dense"]["decode_tokens_per_s"] is None or models["dense"]["decode_tokens_per_s"] > 0
+    assert models["svd 2x"]["weights_only_tokens_per_s"] > 0 and models["svd 2x int8"]["weights_only_tokens_per_s"] is None
     # int8 (the default `quantize`) of each: the same parameters in about a quarter of the linear weights' bytes
     assert set(models) == {"dense", "svd 2x", "svd 2x ranks%8", "dense int8", "svd 2x int8"}
     assert models["svd 2x ranks%8"]["parameters"] <= models["dense"]["parameters"] / 2
