@@ -68,7 +68,7 @@ from basel_app.lit.callbacks import (
 )
 from basel_app.lit.callbacks.keep_phase import kept_bases, kept_singular_values
 from basel_app.lit.callbacks.nonfinite_guard import NonFiniteGuard
-from basel_app.lit.checkpoints import newest_good_checkpoint
+from basel_app.lit.checkpoints import checkpoints_dir, newest_good_checkpoint
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.schedule import LRSchedule
 from basel_app.lit.sharding import consolidate, has_storage, meta_replica, on_host
@@ -179,7 +179,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
 
     # 1. Cheap checks first: a bad model source or data file, or a resume under other settings, fails (a
     # ConfigError) before any loading.
-    on_rank_zero(lambda: check_and_record_settings(out, asdict(cfg)))
+    on_rank_zero(lambda: check_and_record_settings(out, checkpoints_dir(out), asdict(cfg)))
     check_model_source(cfg.model)
     datamodule = TaskDataModule.from_config(cfg.task, seed=cfg.seed, world_size=cfg.trainer.world_size)
     datamodule.load_records()
@@ -204,7 +204,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     ctx = RunContext(cfg, tokenizer, datamodule, logger, SpectraRecord(), clock, out, preemption, cache)
 
     # 3. Stage 0 (optional, any method): fine-tune the input model on the task; its result is a boundary too.
-    checkpoints = out / "checkpoints"
+    checkpoints = checkpoints_dir(out)
     boundary = checkpoints / "recomposed"
     pretuned = checkpoints / "pre_finetuned"
     on_rank_zero(lambda: drop_corrupt_boundaries([pretuned, boundary]))
@@ -484,7 +484,7 @@ def compress(
 
     model, stage1 = on_host(reparameterized, hosted(ctx.cfg))
     ctx.clock.split("decompose")
-    stage_dir = ctx.out / "checkpoints" / "compress"
+    stage_dir = checkpoints_dir(ctx.out) / "compress"
     scorer = build_scorer(method, cfg.seed)
     module = CompressionModule(model, reparameterized_parameters, method.lr, method.weight_decay, ctx.distill)
     callbacks = [

@@ -35,6 +35,7 @@ from basel_app.config.errors import ConfigError
 from basel_app.config.names import DENSE_METHODS
 from basel_app.evaluate import headline_numbers
 from basel_app.files import atomic_write_text
+from basel_app.lit.checkpoints import checkpoints_dir
 from basel_app.lit.trainer import wandb_mode
 from basel_app.plots import SizePoint, quality_vs_size_figure, save_figure
 
@@ -105,7 +106,7 @@ def budget_label(method: dict[str, Any]) -> str:
 
 
 def progress(run_dir: Path) -> str:
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = checkpoints_dir(run_dir)
     return next((note for name, note in PROGRESS if (checkpoints / name).is_dir()), "stopped before any checkpoint")
 
 

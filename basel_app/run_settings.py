@@ -36,12 +36,11 @@ def neutral(key: str) -> bool:
     return any(key == name or key.startswith(f"{name}.") for name in RESULT_NEUTRAL)
 
 
-def check_and_record_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Refuse (a ConfigError naming each changed setting) to resume `out`'s checkpoints under other settings;
-    then record `settings` as the ones `out`'s checkpoints are made with."""
+def check_and_record_settings(out: Path, checkpoints: Path, settings: dict[str, Any]) -> None:
+    """Refuse (a ConfigError naming each changed setting) to resume run dir `out`'s `checkpoints` under other
+    settings; then record `settings` as the ones they are made with."""
     now = json.loads(json.dumps(settings, default=str))  # as the file stores them: tuples as lists, paths as text
     recorded = out / SETTINGS_FILE
-    checkpoints = out / "checkpoints"
     resuming = checkpoints.is_dir() and any(checkpoints.iterdir())
     if resuming and recorded.is_file():
         before, after = flat(json.loads(recorded.read_text())), flat(now)

@@ -30,6 +30,11 @@ CHECKSUM_SUFFIX = ".sha256"
 _STEP = re.compile(r"step=(\d+)")
 
 
+def checkpoints_dir(run_dir: Path) -> Path:
+    """Where a run keeps what a resume needs: one folder per stage and per stage boundary, gone once it finishes."""
+    return run_dir / "checkpoints"
+
+
 class StageCheckpoints(Checkpoint):
     """Saves `<dir>/epoch=E-step=S.ckpt` every `every_n_steps` optimizer steps, at each epoch end and on SIGTERM."""
 
