@@ -235,6 +235,15 @@ def test_basis_init_defaults_to_the_papers_svd_and_every_data_aware_one_has_a_fa
     assert set(INIT_FACTORIZATIONS.values()) <= set(ONE_SHOT_METHODS)
 
 
+def test_the_cpu_profile_trains_the_pruning_methods_at_its_measured_lr_and_the_papers_keep_theirs(compose_config):
+    def lr(*overrides: str) -> float:
+        return OmegaConf.to_object(compose_config(*overrides)).method.lr
+
+    assert lr() == lr("method=bsi") == 3e-3  # scale=cpu's choice on the validation split (scale_method/cpu_basel.yaml)
+    assert lr("scale=paper") == lr("scale=paper", "method=bsi") == OmegaConf.load(CONF / "method" / "basel.yaml").lr
+    assert lr("method=bsi", "method.lr=0.001") == 1e-3  # the command line still wins
+
+
 def test_a_budget_given_on_the_command_line_counts_once_the_stronger_one_is_nulled(compose_config):
     from basel_app.config.schema import refuse_shadowed_budget
 

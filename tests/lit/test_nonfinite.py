@@ -16,7 +16,7 @@ from basel_app.pipeline import run
 
 from .test_pipeline import TINY, tiny_config
 
-FAST = ("method.post_finetune_lr=3e-4", "eval.enabled=false")
+FAST = ("method.lr=1e-3", "method.post_finetune_lr=3e-4", "eval.enabled=false")  # each stage known by its lr
 
 
 def poison_gradient(monkeypatch, parameter: str, at_step: int, lr: float) -> None:

@@ -225,9 +225,9 @@ def test_resume_in_post_finetuning_starts_from_the_saved_recomposed_model(compos
 
 
 # The kill test: the pipeline in a forked child (imports paid once), killed at chosen points, re-run on the same dir.
-KILL_RUN = ("task.max_train_samples=8", "method.pruning_times=2", "eval.enabled=false",
-            "trainer.checkpoint_every_n_steps=1", "method.post_finetune_lr=3e-4")
 STAGE1_LR, KEEP_STEPS = 1e-3, 2  # 8 samples / batch 4 = 2 steps per epoch; the keep phase is 1 epoch
+KILL_RUN = ("task.max_train_samples=8", "method.pruning_times=2", "eval.enabled=false",
+            "trainer.checkpoint_every_n_steps=1", f"method.lr={STAGE1_LR}", "method.post_finetune_lr=3e-4")
 
 
 def hook_events(on_event) -> None:
