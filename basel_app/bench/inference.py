@@ -96,7 +96,7 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
         if settings.rank_multiple > 1:
             models[f"svd {ratio:g}x ranks%{settings.rank_multiple}"] = svd_compressed(dense, ratio, factors,
                                                                                     settings.rank_multiple)
-    floats = set(models)
+    unquantized = set(models)
     for scheme in (s for s in settings.quantize.split(",") if s != "none"):
         for name in [n for n in models if n == "dense" or n.endswith("x")]:  # the float ones
             models[f"{name} {scheme}"] = quantized = copy.deepcopy(models[name])
@@ -118,7 +118,7 @@ def run(settings: InferenceSettings) -> dict[str, Any]:
     for name, model in models.items():
         variants[name + "/prefill"] = generate(model, 1)
         variants[name + "/generate"] = generate(model, settings.new_tokens + 1)
-        if name in floats:  # quantized weights are not plain tensors
+        if name in unquantized:  # quantized weights are not plain tensors
             variants[name + "/weights only"] = weights_only(model, settings.batch, settings.new_tokens, weights_dtype)[0]
     measured = alternate(variants, settings.repeats, settings.warmup)
     rows = {}
