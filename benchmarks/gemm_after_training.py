@@ -18,6 +18,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
+from basel_app.bench.measure import autocast
 from basel_app.config.schema import ModelConfig
 from basel_app.models import load_model
 
@@ -58,7 +59,7 @@ def main() -> None:
         length = int(torch.randint(args.min_length, args.max_length + 1, (1,), generator=generator))
         ids = torch.randint(0, model.config.vocab_size, (args.batch_size, length), generator=generator)
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(bf16=True):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
