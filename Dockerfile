@@ -14,11 +14,12 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/hf_cache \
     HOME=/home/basel
 
-# bubblewrap: the sandbox that runs generated code uses it where it is installed. Its version is the one of the
-# base image's Ubuntu release (pinned with the base), so apt's version is not pinned again.
+# bubblewrap: the sandbox that runs generated code uses it where it is installed. tcmalloc: the command lines restart
+# under it (basel_app/allocator.py), which keeps CPU-side work from slowing as glibc's heap fragments. Their versions
+# are the ones of the base image's Ubuntu release (pinned with the base), so apt's versions are not pinned again.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap \
+    && apt-get install -y --no-install-recommends bubblewrap libtcmalloc-minimal4 \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

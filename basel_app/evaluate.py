@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 from torch import nn
 
+from basel_app.allocator import allocator_in_use
 from basel_app.cli import run_validated
 from basel_app.config.schema import EvalConfig, EvaluateConfig, ModelConfig, TrainerConfig, register_schema
 from basel_app.data import TaskDataModule
@@ -133,6 +134,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "model": provenance,
         "quantize": cfg.quantize,
         "task": cfg.task.name,
+        "allocator": allocator_in_use(),
         "eval": evaluate_on_task(model, tokenizer, datamodule, cfg.eval, cfg.trainer, logger, out),
     }
     atomic_write_json(out / "metrics.json", results)

@@ -47,6 +47,7 @@ import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import nn
 
+from basel_app.allocator import MISSING_TCMALLOC, SYSTEM_MALLOC, allocator_in_use
 from basel_app.cli import sweep_job_as_a_run
 from basel_app.clock import PhaseClock
 from basel_app.config.errors import ConfigError, CorruptArtifact
@@ -185,6 +186,8 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
     log.info("precision: %s (trainer.precision=%s)", resolve_precision(cfg.trainer), cfg.trainer.precision)
+    allocator = allocator_in_use()
+    log.info("memory allocator: %s%s", allocator, MISSING_TCMALLOC if allocator == SYSTEM_MALLOC else "")
     clock.split("checks")
 
     # 2. The input model; the exact plan once tokenization has dropped any over-long examples; the targets.
@@ -299,6 +302,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
         "phase_plan": asdict(plan) if plan else None,
         "wall_time_s": clock.seconds,
         "precision": resolve_precision(cfg.trainer),
+        "allocator": allocator_in_use(),  # the wall times depend on it (basel_app.allocator)
         "config": asdict(cfg),
     }
 

@@ -52,6 +52,7 @@ def test_the_image_is_pinned_cached_unprivileged_and_keeps_its_state_in_volumes(
     assert all(not step.startswith("COPY") or "pyproject.toml" in step for step in steps[:first(r"--requirement")])
     assert "torch==" in steps[first(r"--requirement")] and "--constraint" in steps[first(r"--requirement")]
     assert re.search(r"apt-get install .*bubblewrap", steps[first("bubblewrap")])
+    assert re.search(r"apt-get install .*libtcmalloc-minimal4", steps[first("tcmalloc")])  # basel_app/allocator.py
     assert values("USER")[-1].split(":")[0] not in ("root", "0")
     assert first(r"^USER") < first(r"^ENTRYPOINT")
     (volumes,) = values("VOLUME")

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from basel_app.allocator import allocator_in_use
+
 
 def summary(samples: list[float]) -> dict[str, Any]:
     """Median and spread (min, max) of the timed repeats, and the repeats themselves."""
@@ -137,6 +139,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "bf16_flags": sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")),
         "torch_threads": torch.get_num_threads(),
+        "allocator": allocator_in_use(),
         "load_average": os.getloadavg(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),

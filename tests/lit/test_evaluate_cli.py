@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from basel_app.allocator import ENV, find_tcmalloc
 from basel_app.pipeline import run
 
 from ..conftest import REPO
 from .test_pipeline import tiny_config
 
 
-def evaluate_cli(out, *overrides):
+def evaluate_cli(out, *overrides, env=None):
     return subprocess.run(
         [sys.executable, "-m", "basel_app.evaluate", f"hydra.run.dir={out}", "model=tiny_random", "eval.limit=2",
          "eval.max_new_tokens=4", "trainer.enable_progress_bar=false", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
     )
 
 
+def without_preload() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", ENV)}
+
+
 def test_evaluates_a_model_from_the_model_group(tmp_path):
-    result = evaluate_cli(tmp_path, "task=math")
+    result = evaluate_cli(tmp_path, "task=math", env=without_preload())
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["task"] == "math" and metrics["model"]["source"] == "random"
+    # the command line restarted itself under tcmalloc where it is installed (basel_app.allocator)
+    assert metrics["allocator"] == ("tcmalloc" if find_tcmalloc() else "system malloc")
     assert set(metrics["eval"]["benchmarks"]) == {"gsm8k", "math"}
     gsm8k = metrics["eval"]["benchmarks"]["gsm8k"]
     assert gsm8k["n"] == 2 and gsm8k["settings"]["batch_size"] == 8
@@ -36,10 +44,11 @@ def test_evaluates_a_model_from_the_model_group(tmp_path):
 def test_evaluates_a_compressed_model_directory(compose_config, tmp_path):
     run(tiny_config(compose_config, tmp_path / "run", "method.post_finetune_epochs=0", "eval.enabled=false"))
     result = evaluate_cli(tmp_path / "eval", f"model.path={tmp_path / 'run' / 'compressed_model'}",
-                          "eval.benchmarks=[gsm8k]")
+                          "eval.benchmarks=[gsm8k]", env={**without_preload(), ENV: "system"})
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["model"]["source"] == "compressed" and metrics["model"]["method"] == "basel"
+    assert metrics["allocator"] == "system malloc"  # BASEL_APP_MALLOC=system keeps glibc's
     assert list(metrics["eval"]["benchmarks"]) == ["gsm8k"]
 
     # The same model with int8 weights: one more line of config, nearly the same loss.
