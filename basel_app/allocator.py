@@ -78,6 +78,16 @@ def reexec_command_line_under_tcmalloc() -> None:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
 
 
+def release_free_memory() -> None:
+    """Give the pages the allocator holds free back to the OS (tcmalloc's ReleaseFreeMemory, else glibc's
+    `malloc_trim`), so that the resident size is what is live: the bench measures peaks above it."""
+    process = ctypes.CDLL(None)
+    if hasattr(process, "MallocExtension_ReleaseFreeMemory"):
+        process.MallocExtension_ReleaseFreeMemory()
+    elif hasattr(process, "malloc_trim"):
+        process.malloc_trim(0)
+
+
 def allocator_in_use() -> str:
     """What serves this process's malloc, from its mapped libraries: for the run log and the bench's records."""
     try:

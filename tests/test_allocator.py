@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from basel_app.allocator import COMMAND_LINES, ENV, module_run, preload_environment
+from basel_app.allocator import COMMAND_LINES, ENV, find_tcmalloc, module_run, preload_environment
+
+from .conftest import REPO
 
 LIBRARY = "libtcmalloc_minimal.so.4"
 
@@ -49,3 +55,22 @@ def test_stays_as_it_is(environ, library):
 def test_an_unknown_choice_names_the_value_and_the_allowed_ones():
     with pytest.raises(SystemExit, match=r"BASEL_APP_MALLOC='jemalloc' is not an allocator choice; allowed: tcmalloc, system"):
         preload_environment({ENV: "jemalloc"}, LIBRARY)
+
+
+@pytest.mark.skipif(find_tcmalloc() is None, reason="tcmalloc is not installed (make install adds it where apt allows)")
+def test_under_tcmalloc_freed_memory_stays_resident_until_released():
+    """What the bench's peak-memory baseline relies on: tcmalloc keeps freed pages, release_free_memory returns them."""
+    program = (
+        "import os\n"
+        "from basel_app.allocator import allocator_in_use, release_free_memory\n"
+        "def resident_mb(): return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') >> 20\n"
+        "blocks = [bytearray(4 << 20) for _ in range(100)]\n"
+        "del blocks\n"
+        "held = resident_mb()\n"
+        "release_free_memory()\n"
+        "print(allocator_in_use(), held - resident_mb())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "LD_PRELOAD": find_tcmalloc()}, cwd=REPO)
+    allocator, released_mb = result.stdout.split()
+    assert allocator == "tcmalloc" and int(released_mb) > 300, result.stdout + result.stderr

@@ -7,7 +7,6 @@ shared machine falls on all of them alike and their *ratios* stay meaningful whe
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import statistics
@@ -19,21 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from basel_app.allocator import allocator_in_use
+from basel_app.allocator import allocator_in_use, release_free_memory
 
 
 def summary(samples: list[float]) -> dict[str, Any]:
     """Median and spread (min, max) of the timed repeats, and the repeats themselves."""
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
-
-
-def _release_free_heap() -> None:
-    """Give freed heap pages back to the OS (glibc's `malloc_trim`), so the resident size before a block is
-    what is live, not what an earlier step freed and the allocator kept (which would hide the block's peak)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _resident_bytes() -> int:
@@ -59,7 +49,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
-        _release_free_heap()
+        release_free_memory()
         self._base = self._highest = _resident_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
