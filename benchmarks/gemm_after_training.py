@@ -4,7 +4,8 @@ A decode step is hundreds of 4-row GEMMs, each cheap enough that what surrounds 
 bf16 path allocates its scratchpad and attributes on every call. This times a fixed 4×576·576×1536 product
 (bf16, and float32 for contrast, which takes another library's path), and a 1.7 MB `torch.empty`, before and
 after bf16-autocast AdamW steps on the input model with batches of varying length, as the pipeline's are.
-Run it under another allocator (`LD_PRELOAD=...libjemalloc.so.2`) to compare; the allocator is printed.
+It is a script, not one of the command lines that restart under tcmalloc (basel_app.allocator): it runs under
+glibc's malloc unless told otherwise (`LD_PRELOAD=libtcmalloc_minimal.so.4`); the allocator is printed.
 
     .venv/bin/python benchmarks/gemm_after_training.py --steps 12
 """
@@ -12,12 +13,12 @@ Run it under another allocator (`LD_PRELOAD=...libjemalloc.so.2`) to compare; th
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 from omegaconf import OmegaConf
 
+from basel_app.allocator import allocator_in_use
 from basel_app.bench.measure import autocast
 from basel_app.config.schema import ModelConfig
 from basel_app.models import load_model
@@ -49,8 +50,7 @@ def main() -> None:
     parser.add_argument("--min-length", type=int, default=120)
     parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '') or '(none: glibc malloc)'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {allocator_in_use()}")
     model = load_model(OmegaConf.to_object(OmegaConf.structured(ModelConfig))).model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     generator = torch.Generator().manual_seed(0)
