@@ -25,8 +25,6 @@ COMMAND_LINES = ("basel_app", "basel_app.evaluate", "basel_app.bench")
 # gperftools' allocator without its profiler (Debian/Ubuntu: libtcmalloc-minimal4), or the full one.
 LIBRARY_NAMES = ("tcmalloc_minimal", "tcmalloc")
 SYSTEM_MALLOC = "system malloc"
-MISSING_TCMALLOC = (" (tcmalloc is not installed: CPU training and decoding slow down as glibc's heap fragments; "
-                    "apt-get install libtcmalloc-minimal4)")
 # Python's options that take the next word as their value (`python -W error -m basel_app`).
 _OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs")
 
@@ -99,3 +97,12 @@ def allocator_in_use() -> str:
         if f"lib{name}" in mapped:
             return name
     return SYSTEM_MALLOC
+
+
+def describe_allocator() -> str:
+    """`allocator_in_use()`, and where tcmalloc is missing, what that costs and how to install it: for the run log."""
+    allocator = allocator_in_use()
+    if allocator != SYSTEM_MALLOC or find_tcmalloc() is not None:
+        return allocator
+    return (f"{allocator} (tcmalloc is not installed: CPU training and decoding slow down as glibc's heap "
+            "fragments; apt-get install libtcmalloc-minimal4)")

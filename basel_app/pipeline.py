@@ -47,7 +47,7 @@ import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import nn
 
-from basel_app.allocator import MISSING_TCMALLOC, SYSTEM_MALLOC, allocator_in_use
+from basel_app.allocator import allocator_in_use, describe_allocator
 from basel_app.cli import sweep_job_as_a_run
 from basel_app.clock import PhaseClock
 from basel_app.config.errors import ConfigError, CorruptArtifact
@@ -186,8 +186,7 @@ def _run(cfg: RunConfig, preemption: Preemption) -> dict[str, Any]:
     datamodule.load_records()
     logger = build_logger(cfg.logger, out, run_name=out.name)
     log.info("precision: %s (trainer.precision=%s)", resolve_precision(cfg.trainer), cfg.trainer.precision)
-    allocator = allocator_in_use()
-    log.info("memory allocator: %s%s", allocator, MISSING_TCMALLOC if allocator == SYSTEM_MALLOC else "")
+    log.info("memory allocator: %s", describe_allocator())
     clock.split("checks")
 
     # 2. The input model; the exact plan once tokenization has dropped any over-long examples; the targets.

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from basel_app import allocator
 from basel_app.allocator import COMMAND_LINES, ENV, find_tcmalloc, module_run, preload_environment
 
 from .conftest import REPO
@@ -74,3 +75,13 @@ def test_under_tcmalloc_freed_memory_stays_resident_until_released():
                             env={**os.environ, "LD_PRELOAD": find_tcmalloc()}, cwd=REPO)
     allocator, released_mb = result.stdout.split()
     assert allocator == "tcmalloc" and int(released_mb) > 300, result.stdout + result.stderr
+
+
+def test_the_run_log_says_how_to_install_tcmalloc_only_where_it_is_missing(monkeypatch):
+    monkeypatch.setattr(allocator, "allocator_in_use", lambda: allocator.SYSTEM_MALLOC)
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: None)
+    assert "apt-get install libtcmalloc-minimal4" in allocator.describe_allocator()
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: LIBRARY)  # installed, and BASEL_APP_MALLOC=system chose glibc
+    assert allocator.describe_allocator() == "system malloc"
+    monkeypatch.setattr(allocator, "allocator_in_use", lambda: "tcmalloc")
+    assert allocator.describe_allocator() == "tcmalloc"
