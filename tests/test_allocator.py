@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,8 +34,11 @@ def test_module_run_reads_the_interpreter_command_line(argv, module):
     assert module_run(argv) == module
 
 
-def test_the_command_lines_are_modules_of_the_package():
-    assert all(name == "basel_app" or name.startswith("basel_app.") for name in COMMAND_LINES)
+@pytest.mark.parametrize("name", COMMAND_LINES)
+def test_each_command_line_is_a_module_python_can_run(name):
+    spec = importlib.util.find_spec(name)
+    path = Path(spec.origin).with_name("__main__.py") if spec.submodule_search_locations else Path(spec.origin)
+    assert 'if __name__ == "__main__":' in path.read_text(), path
 
 
 def test_preloads_tcmalloc_by_default_and_keeps_the_rest_of_the_environment():
