@@ -2,10 +2,10 @@
 
 Training fragments glibc's heap (activations of a new length every batch), and after a few steps every
 allocation searches long free lists. oneDNN's bf16 path allocates a scratchpad per GEMM, so the cost lands on
-every product: `make run` took 887 s under glibc's malloc against 738 s under tcmalloc, its prune phase 1.5x and
-its greedy decoding after training 1.25x as long (docs/BENCHMARKS.md, "The memory allocator"). An allocator can only be chosen
-when a process starts, so `python -m basel_app[.evaluate|.bench]` replaces itself, once, with the same command
-under `LD_PRELOAD=<tcmalloc>`. Pure standard library: it runs before torch is imported.
+every product: `make run` took 887 s under glibc's malloc against 738 s under tcmalloc, its prune phase 1.54x and
+its greedy GSM8K benchmark after training 1.38x as long (docs/BENCHMARKS.md, "The memory allocator"). An
+allocator can only be chosen when a process starts, so `python -m basel_app[.evaluate|.bench]` replaces itself,
+once, with the same command under `LD_PRELOAD=<tcmalloc>`. Pure standard library: it runs before torch is imported.
 
 `BASEL_APP_MALLOC=system` keeps glibc's malloc; an `LD_PRELOAD` the user set is left as it is (a DDP worker
 inherits the parent's, so it never re-executes).

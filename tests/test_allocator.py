@@ -59,7 +59,8 @@ def test_stays_as_it_is(environ, library):
 
 
 def test_an_unknown_choice_names_the_value_and_the_allowed_ones():
-    with pytest.raises(SystemExit, match=r"BASEL_APP_MALLOC='jemalloc' is not an allocator choice; allowed: tcmalloc, system"):
+    message = r"BASEL_APP_MALLOC='jemalloc' is not an allocator choice; allowed: tcmalloc, system"
+    with pytest.raises(SystemExit, match=message):
         preload_environment({ENV: "jemalloc"}, LIBRARY)
 
 
@@ -86,7 +87,8 @@ def test_the_run_log_says_how_to_install_tcmalloc_only_where_it_is_missing(monke
     monkeypatch.setattr(allocator, "allocator_in_use", lambda: allocator.SYSTEM_MALLOC)
     monkeypatch.setattr(allocator, "find_tcmalloc", lambda: None)
     assert "apt-get install libtcmalloc-minimal4" in allocator.describe_allocator()
-    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: LIBRARY)  # installed, and BASEL_APP_MALLOC=system chose glibc
+    # installed, and BASEL_APP_MALLOC=system chose glibc's
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: LIBRARY)
     assert allocator.describe_allocator() == "system malloc"
     monkeypatch.setattr(allocator, "allocator_in_use", lambda: "tcmalloc")
     assert allocator.describe_allocator() == "tcmalloc"
