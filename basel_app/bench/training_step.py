@@ -8,9 +8,11 @@ fraction, one round-robin of:
     keep_step      s̃, Ũ, Ṽ train; each layer takes the path a run takes (`cheaper_path` for its shape and rank)
     factored       the same, each layer forced through U_k(s̃ ⊙ V_kᵀx) + Ũ(Ṽᵀx)
     materialised   the same, each layer forced through W̃ = U_k diag(s̃) V_kᵀ + ŨṼᵀ, then W̃x
+    keep_step_fp32_bases   keep_step with the frozen U, V held in float32 (before `store_frozen_bases`)
 
 A step is forward, backward, AdamW step, under the precision a run's trainer defaults to here
-(`resolve_precision`; autocast around the forward, as Lightning does). Memory is reported in two parts:
+(`resolve_precision`; autocast around the forward, as Lightning does), with the frozen bases held in its
+autocast dtype as a run holds them. Memory is reported in two parts:
 what the step keeps between steps (parameters, gradients, AdamW state: counted tensor by tensor) and the
 step's own peak above that (activations and temporaries: measured). FLOPs are counted by
 `torch.utils.flop_counter` on one extra step (forward + backward; AdamW's elementwise work is not a FLOP
@@ -36,8 +38,10 @@ from basel_app.bench.models import load
 from basel_app.config.names import BLOCK_LINEARS
 from basel_app.config.schema import TrainerConfig
 from basel_app.lit.trainable import all_parameters, reparameterized_parameters
-from basel_app.lit.trainer import resolve_precision
-from basel_app.lowrank import BaselLinear, basel_layers, find_target_linears, reparameterize, set_trainable
+from basel_app.lit.trainer import mixed_precision_dtype, resolve_precision
+from basel_app.lowrank import (
+    BaselLinear, basel_layers, find_target_linears, reparameterize, set_trainable, store_frozen_bases,
+)
 
 # Row name: the BaselLinear path every layer is forced through (None: each picks its own, as in a run).
 PATHS = {"keep_step": None, "factored": "factored", "materialised": "dense"}
@@ -80,9 +84,11 @@ class Stepper:
     """One model, its trainable parameters and their AdamW: `step()` is one training step."""
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], batch: dict[str, torch.Tensor],
-                 precision: str, path: str | None = None) -> None:
+                 precision: str, path: str | None = None, narrow_bases: bool = True) -> None:
         self.model, self.batch, self.path = model, batch, path
         self.params = set_trainable(model, params)
+        if narrow_bases and (narrow := mixed_precision_dtype(precision)) is not None:
+            store_frozen_bases(model, narrow)  # as CompressionModule.configure_model does
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
         self.bf16 = precision == "bf16-mixed"
 
@@ -119,12 +125,16 @@ def run(settings: TrainingStepSettings) -> dict[str, Any]:
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     reparam = copy.deepcopy(dense)
     reparameterize(reparam, find_target_linears(reparam, list(BLOCK_LINEARS)), settings.additional_dim)
+    wide = copy.deepcopy(reparam)
     steppers = {"dense": Stepper(dense, all_parameters(dense), batch, precision)}
     for name, path in PATHS.items():
         steppers[name] = Stepper(reparam, reparameterized_parameters(reparam), batch, precision, path)
+    steppers["keep_step_fp32_bases"] = Stepper(wide, reparameterized_parameters(wide), batch, precision,
+                                               narrow_bases=False)
     groups = []
     for fraction in (float(f) for f in settings.kept.split(",")):
         keep_fraction(reparam, fraction)
+        keep_fraction(wide, fraction)
         measured = alternate({name: s.step for name, s in steppers.items()}, settings.repeats, settings.warmup)
         rows = {}
         for name, stepper in steppers.items():

@@ -7,6 +7,7 @@ Evaluation needs no optimizer, so it uses the base `AnswerLossModule`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import lightning as L
@@ -20,8 +21,11 @@ from basel_app.distributed import share_of_global_mean
 from basel_app.evaluation.answer_loss import answer_nll, loss_summary
 from basel_app.lit.schedule import LRSchedule
 from basel_app.lit.sharding import is_sharded, shard_from_rank_zero
-from basel_app.lowrank import set_trainable
+from basel_app.lit.trainer import mixed_precision_dtype
+from basel_app.lowrank import set_trainable, store_frozen_bases
 from basel_app.methods.distillation import IGNORE_INDEX, Distillation
+
+log = logging.getLogger(__name__)
 
 TrainableSelector = Callable[[nn.Module], list[nn.Parameter]]
 
@@ -89,11 +93,17 @@ class CompressionModule(AnswerLossModule):
         would be a parameter it waits for in every step. Under FSDP the model is sharded here (the strategy
         asks the module to), which replaces every parameter by its shard: the trainable ones are those. The
         shards are filled from rank 0, the one rank that holds the model between stages (`lit/sharding.py`);
-        the teacher is sharded the same way. Under bf16-mixed the layers are all-gathered in bf16."""
+        the teacher is sharded the same way. Under bf16-mixed the layers are all-gathered in bf16; on one process
+        or under DDP the frozen bases are held in bf16 instead (`store_frozen_bases`)."""
         self.trainable = set_trainable(self.model, self.select_trainable(self.model))
         if not self.trainable:
             raise RuntimeError("nothing to train: the trainable-parameter selector returned no parameters")
         strategy = self.trainer.strategy
+        narrow = mixed_precision_dtype(self.trainer.precision)
+        if narrow is not None and not isinstance(strategy, ModelParallelStrategy):  # FSDP all-gathers in it anyway
+            freed = store_frozen_bases(self.model, narrow)
+            if freed:
+                log.info("frozen bases held in %s: %.0f MB freed", str(narrow).removeprefix("torch."), freed / 2**20)
         if isinstance(strategy, ModelParallelStrategy) and not is_sharded(self.model):
             gathered = torch.bfloat16 if self.trainer.precision == "bf16-mixed" else None
             shard_from_rank_zero(self.model, strategy.root_device, gathered)

@@ -52,6 +52,11 @@ def resolve_precision(cfg: TrainerConfig) -> str:
     return "bf16-mixed" if hardware_has_bf16(cfg.accelerator) else "32-true"
 
 
+def mixed_precision_dtype(precision: str) -> torch.dtype | None:
+    """The dtype a mixed `precision` autocasts products to (None: it does not autocast)."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+
 def wandb_mode(configured: str) -> str:
     """`auto`: online only when the user has set W&B up (an API key or a netrc login), else offline."""
     if configured != "auto":

@@ -19,6 +19,7 @@ from basel_app.lowrank.inject import (
     reparameterize,
     set_submodule,
     set_trainable,
+    store_frozen_bases,
     untie_from_embedding,
 )
 from basel_app.lowrank.allocation import (
@@ -72,6 +73,7 @@ __all__ = [
     "parent_module",
     "set_submodule",
     "set_trainable",
+    "store_frozen_bases",
     "untie_from_embedding",
     "is_wrapper_tensor",
     "state_bytes",

@@ -145,6 +145,11 @@ def set_trainable(model: nn.Module, params: list[nn.Parameter]) -> list[nn.Param
     return params
 
 
+def store_frozen_bases(model: nn.Module, dtype: torch.dtype) -> int:
+    """`BaselLinear.store_frozen_bases` for every layer of `model` (after `set_trainable`); the bytes freed."""
+    return sum(layer.store_frozen_bases(dtype) for layer in basel_layers(model).values())
+
+
 def reparameterize(
     model: nn.Module,
     targets: dict[str, nn.Linear],

@@ -67,7 +67,7 @@ def recompose_layer(layer: BaselLinear) -> tuple[nn.Linear | LowRankLinear, int]
     grad; the post-fine-tuning stage chooses what trains.
     """
     n, m = layer.out_features, layer.in_features
-    dtype, device = layer.U.dtype, layer.U.device
+    dtype, device = layer.singular_values.dtype, layer.U.device  # the bases may be held narrower
     a, b = layer.thin_factors()
     u, s, v = thin_svd_of_product(a, b)
     k = s.numel()

@@ -16,7 +16,8 @@ By default (U, s, V) is the SVD of W (U, V orthonormal). A data-aware factorisat
 orthonormal, and recomposition re-orthonormalises both factors by QR.
 
 At initialisation the layer computes exactly what the `nn.Linear` it replaces computed (up to rounding).
-All tensors are `nn.Parameter`s (frozen ones with `requires_grad=False`) so FSDP shards them; the mask is
+Frozen bases may be held in a mixed-precision run's autocast dtype (`store_frozen_bases`): autocast casts them
+to it for every product anyway, so only the memory changes. All tensors are `nn.Parameter`s (frozen ones with `requires_grad=False`) so FSDP shards them; the mask is
 the only buffer, persistent so that a checkpoint taken mid-pruning restores exactly.
 """
 
@@ -227,11 +228,38 @@ class BaselLinear(nn.Module):
         return self._index_cache[1]
 
     def _kept_bases(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """U_k (n×k), s̃_k (k,), V_k (m×k) of the kept bases; no gather when nothing was pruned."""
+        """U_k (n×k), s̃_k (k,), V_k (m×k) of the kept bases; no gather when nothing was pruned.
+
+        Bases held narrower than s̃ (`store_frozen_bases`) come back in s̃'s dtype outside autocast; under it
+        they stay narrow, since autocast would cast them to that dtype for the products anyway.
+        """
         idx = self._kept_index()
-        if idx.numel() == self.keep_mask.numel():
-            return self.U, self.singular_values, self.V
-        return self.U[:, idx], self.singular_values[idx], self.V[:, idx]
+        u, s, v = self.U, self.singular_values, self.V
+        if idx.numel() != self.keep_mask.numel():
+            u, s, v = u[:, idx], s[idx], v[:, idx]
+        if u.dtype != s.dtype and not torch.is_autocast_enabled(u.device.type):
+            u, v = u.to(s.dtype), v.to(s.dtype)
+        return u, s, v
+
+    @torch.no_grad()
+    def store_frozen_bases(self, dtype: torch.dtype) -> int:
+        """Hold U and V in `dtype`, a mixed-precision run's autocast dtype, while they do not train; returns the
+        bytes freed.
+
+        Autocast casts the bases to that dtype for every product, and keeps the cast copies for backward, so
+        under it the factored path computes bit for bit the same. What changes is memory: one narrow copy
+        instead of the float32 bases plus a step's cast copies of them (docs/BENCHMARKS.md, "Training step").
+        Trainable bases (`free_bases`) keep their precision for the optimizer.
+        """
+        freed = 0
+        for name in ("U", "V"):
+            basis = getattr(self, name)
+            if basis.requires_grad or basis.dtype == dtype:
+                continue
+            narrow = basis.to(dtype)
+            freed += basis.numel() * basis.element_size() - narrow.numel() * narrow.element_size()
+            setattr(self, name, nn.Parameter(narrow, requires_grad=False))
+        return freed
 
     @torch.no_grad()
     def prune(self, new_keep_mask: torch.Tensor) -> None:

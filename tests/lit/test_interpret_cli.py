@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from basel_app.config.errors import ConfigError
 from basel_app.config.schema import ModelConfig
 from basel_app.interpret import interpret
+from basel_app.lit.trainer import mixed_precision_dtype
 from basel_app.lowrank import BaselLinear
 from basel_app.lowrank.interpretation import linear_weight
 from basel_app.models import load_compressed, load_model
@@ -55,13 +56,16 @@ def test_a_finished_run_says_which_input_bases_each_layer_kept(compose_config, t
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(kept) == set(metrics["ranks"])
     # With no additional dimension and no post-fine-tuning, each compressed layer is exactly the kept input
-    # bases at their relearned weights: Σ_i s̃_i u_i v_iᵀ over the recorded indices.
+    # bases at their relearned weights: Σ_i s̃_i u_i v_iᵀ over the recorded indices; a bf16-mixed run held (and
+    # so recomposed) its frozen bases in bf16.
     original = load_model(ModelConfig(**metrics["config"]["model"])).model
     compressed, _ = load_compressed(out / "compressed_model")
+    held = mixed_precision_dtype(metrics["precision"]) or torch.float32
     for name, record in kept.items():
         bases = BaselLinear.from_linear(original.get_submodule(name), additional_dim=0)
         index = torch.tensor(record["index"])
-        rebuilt = (bases.U[:, index] * torch.tensor(record["weight"])) @ bases.V[:, index].T
+        u, v = (basis[:, index].to(held).float() for basis in (bases.U, bases.V))
+        rebuilt = (u * torch.tensor(record["weight"])) @ v.T
         assert rel_err(linear_weight(compressed.get_submodule(name)), rebuilt) < REL_TOL, name
         assert len(index) < bases.singular_values.numel(), name  # keep_ratio 0.5 pruned something everywhere
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from basel_app.config.schema import TrainerConfig
 from basel_app.lit import trainer as trainer_module
+from basel_app.lit.module import CompressionModule
+from basel_app.lit.trainable import reparameterized_parameters
 from basel_app.lit.trainer import build_eval_trainer, build_trainer, inference_forward_context, resolve_precision
 
+from basel_app.lowrank import find_target_linears, reparameterize
+
 from ..weight_casts import CountWeightCasts
+from .test_distill import batches, tiny_llama
 
 
 @pytest.mark.parametrize(("has_bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
@@ -53,3 +60,17 @@ def test_the_inference_context_casts_a_weight_once_where_lightning_casts_it_ever
         assert (lightning_casts, casts) == (5, 1)
     else:
         assert (lightning_casts, casts) == (0, 0)
+
+
+@pytest.mark.parametrize(("precision", "bases_dtype"), [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+def test_a_mixed_precision_fit_holds_the_frozen_bases_in_its_autocast_dtype(tmp_path, precision, bases_dtype):
+    """What trains (s̃, Ũ, Ṽ) stays float32 for AdamW; the frozen U, V are held as autocast would cast them."""
+    model = tiny_llama(0)
+    layers = reparameterize(model, find_target_linears(model, ["q_proj", "up_proj"]), additional_dim=4)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(CompressionModule(model, reparameterized_parameters, 1e-3, 0.0), DataLoader(batches(1), batch_size=None))
+    for layer in layers.values():
+        assert layer.U.dtype == layer.V.dtype == bases_dtype
+        assert all(p.dtype == torch.float32 for p in layer.trainable_parameters())
+        assert layer.singular_values.grad is not None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from basel_app.lowrank import BaselLinear, cheaper_path
+from basel_app.lowrank import BaselLinear, cheaper_path, recompose_layer
 from tests.lowrank.helpers import REL_TOL, SHAPES, make_linear, perturb_as_if_trained, rel_err
 
 PATHS = ["factored", "dense"]
@@ -191,3 +193,51 @@ def test_both_paths_give_the_autograd_reference_gradients(n, m, free_bases, gen)
             if p.requires_grad:
                 assert rel_err(p.grad, reference[name]) < REL_TOL, (path, name)
         assert torch.count_nonzero(layer.singular_values.grad[dropped]) == 0
+
+
+def narrowed_copy(gen: torch.Generator, prune_to: int | None) -> tuple[BaselLinear, BaselLinear, int]:
+    """A trained-looking layer (float32) and a copy of it whose frozen bases are held in bf16."""
+    wide = BaselLinear.from_linear(make_linear(48, 80, True, gen), additional_dim=8, generator=gen)
+    perturb_as_if_trained(wide, gen, prune_to)
+    narrow = copy.deepcopy(wide)
+    return wide, narrow, narrow.store_frozen_bases(torch.bfloat16)
+
+
+@pytest.mark.parametrize("prune_to", [None, 20])
+def test_bf16_bases_compute_bit_for_bit_what_autocast_computed_from_float32_ones(prune_to, gen):
+    wide, narrow, freed = narrowed_copy(gen, prune_to)
+    assert (narrow.U.dtype, narrow.V.dtype, narrow.singular_values.dtype) == (torch.bfloat16, torch.bfloat16,
+                                                                             torch.float32)
+    assert not narrow.U.requires_grad and freed == 2 * (wide.U.numel() + wide.V.numel())
+    x = torch.randn(3, 5, 80, generator=gen)
+    results = []
+    for layer in (wide, narrow):
+        inputs = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(inputs, path="factored")
+        y.float().pow(2).sum().backward()
+        results.append([y, inputs.grad, layer.singular_values.grad, layer.extra_u.grad, layer.extra_v.grad])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bf16_bases_compute_in_float32_outside_autocast_and_recompose_to_float32(path, gen):
+    """Outside autocast (float32 evaluation, Hutchinson's finite differences) the layer computes in s̃'s dtype
+    on the bf16 values, as a float32 layer holding those rounded values does; recomposition yields float32."""
+    wide, narrow, _ = narrowed_copy(gen, prune_to=20)
+    with torch.no_grad():
+        wide.U.copy_(wide.U.bfloat16())
+        wide.V.copy_(wide.V.bfloat16())
+    x = torch.randn(3, 5, 80, generator=gen)
+    y = narrow(x, path=path)
+    assert y.dtype == torch.float32 and torch.equal(y, wide(x, path=path))
+    (thin, rank), (reference, reference_rank) = recompose_layer(narrow), recompose_layer(wide)
+    assert rank == reference_rank and all(p.dtype == torch.float32 for p in thin.parameters())
+    assert torch.equal(thin(x), reference(x))
+
+
+def test_trainable_bases_keep_their_precision(gen):
+    layer = BaselLinear.from_linear(make_linear(48, 80, True, gen), additional_dim=8, free_bases=True, generator=gen)
+    assert layer.store_frozen_bases(torch.bfloat16) == 0
+    assert layer.U.dtype == layer.V.dtype == torch.float32
