@@ -45,7 +45,8 @@ def resolve_precision(cfg: TrainerConfig) -> str:
     """`trainer.precision` as Lightning takes it: `auto` becomes bf16-mixed where the hardware has bf16, else 32-true.
 
     bf16-mixed autocasts the matmuls to bf16 and keeps the parameters that train (s̃ included) and their optimizer
-    state in float32, the frozen bases in bf16 (`CompressionModule.configure_model`); on SmolLM2 a CPU training step is ~1.7x faster (docs/BENCHMARKS.md, "Throughput").
+    state in float32, the frozen bases in bf16 (`CompressionModule.configure_model`); on SmolLM2 a CPU training
+    step is ~1.7x faster (docs/BENCHMARKS.md, "Throughput").
     """
     if cfg.precision != "auto":
         return cfg.precision

@@ -17,8 +17,9 @@ orthonormal, and recomposition re-orthonormalises both factors by QR.
 
 At initialisation the layer computes exactly what the `nn.Linear` it replaces computed (up to rounding).
 Frozen bases may be held in a mixed-precision run's autocast dtype (`store_frozen_bases`): autocast casts them
-to it for every product anyway, so only the memory changes. All tensors are `nn.Parameter`s (frozen ones with `requires_grad=False`) so FSDP shards them; the mask is
-the only buffer, persistent so that a checkpoint taken mid-pruning restores exactly.
+to it for every product anyway, so the factored path computes the same in less memory. All tensors are
+`nn.Parameter`s (frozen ones with `requires_grad=False`) so FSDP shards them; the mask is the only buffer,
+persistent so that a checkpoint taken mid-pruning restores exactly.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from basel_app.lit import trainer as trainer_module
 from basel_app.lit.module import CompressionModule
 from basel_app.lit.trainable import reparameterized_parameters
 from basel_app.lit.trainer import build_eval_trainer, build_trainer, inference_forward_context, resolve_precision
-
 from basel_app.lowrank import find_target_linears, reparameterize
 
 from ..weight_casts import CountWeightCasts
@@ -69,7 +68,8 @@ def test_a_mixed_precision_fit_holds_the_frozen_bases_in_its_autocast_dtype(tmp_
     layers = reparameterize(model, find_target_linears(model, ["q_proj", "up_proj"]), additional_dim=4)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(CompressionModule(model, reparameterized_parameters, 1e-3, 0.0), DataLoader(batches(1), batch_size=None))
+    module = CompressionModule(model, reparameterized_parameters, 1e-3, 0.0)
+    trainer.fit(module, DataLoader(batches(1), batch_size=None))
     for layer in layers.values():
         assert layer.U.dtype == layer.V.dtype == bases_dtype
         assert all(p.dtype == torch.float32 for p in layer.trainable_parameters())
