@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from basel_app.lowrank.factored_product import factored_product
+
 log = logging.getLogger(__name__)
 
 ForwardPath = Literal["factored", "dense"]
@@ -308,9 +310,12 @@ class BaselLinear(nn.Module):
         if path != "factored":
             raise ValueError(f"path={path!r}: expected 'factored', 'dense' or None")
         u, s, v = self._kept_bases()
-        y = ((x @ v) * s) @ u.T  # (…, k) → (…, n)
-        if self.additional_dim > 0:
-            y = y + (x @ self.extra_v) @ self.extra_u.T  # (…, r̃) → (…, n)
+        if self.free_bases:  # U and V train: plain autograd forms their gradients
+            y = ((x @ v) * s) @ u.T  # (…, k) → (…, n)
+            if self.additional_dim > 0:
+                y = y + (x @ self.extra_v) @ self.extra_u.T  # (…, r̃) → (…, n)
+        else:
+            y = factored_product(x, u, s, v, self.extra_u, self.extra_v)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
