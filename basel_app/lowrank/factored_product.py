@@ -83,9 +83,18 @@ def _differentiable_backward(ctx, grad_y, inputs, u, s, v, extra_u, extra_v) -> 
                            f"{ctx.input_dtype} inputs is not supported: run the exact HVP with autocast off")
     wants = ctx.needs_input_grad
     operands = {0: inputs, 2: s, 4: extra_u, 5: extra_v}
-    y = ((inputs @ v.to(s.dtype)) * s) @ u.to(s.dtype).T + (inputs @ extra_v) @ extra_u.T
+    y = plain_product(inputs, u, s, v, extra_u, extra_v)
     grads = iter(torch.autograd.grad(y, [t for i, t in operands.items() if wants[i]], grad_y, create_graph=True))
     return tuple(next(grads) if i in operands and wants[i] else None for i in range(7))
+
+
+def plain_product(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, extra_u: torch.Tensor,
+                  extra_v: torch.Tensor) -> torch.Tensor:
+    """The same map as two terms, for autograd: what trainable bases and second derivatives need."""
+    y = ((x @ v) * s) @ u.T  # (…, k) → (…, n)
+    if extra_v.shape[1] > 0:
+        y = y + (x @ extra_v) @ extra_u.T  # (…, r̃) → (…, n)
+    return y
 
 
 def factored_product(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor,

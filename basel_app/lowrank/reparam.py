@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from basel_app.lowrank.factored_product import factored_product
+from basel_app.lowrank.factored_product import factored_product, plain_product
 
 log = logging.getLogger(__name__)
 
@@ -310,12 +310,8 @@ class BaselLinear(nn.Module):
         if path != "factored":
             raise ValueError(f"path={path!r}: expected 'factored', 'dense' or None")
         u, s, v = self._kept_bases()
-        if self.free_bases:  # U and V train: plain autograd forms their gradients
-            y = ((x @ v) * s) @ u.T  # (…, k) → (…, n)
-            if self.additional_dim > 0:
-                y = y + (x @ self.extra_v) @ self.extra_u.T  # (…, r̃) → (…, n)
-        else:
-            y = factored_product(x, u, s, v, self.extra_u, self.extra_v)
+        product = plain_product if self.free_bases else factored_product  # trainable U, V: autograd's gradients
+        y = product(x, u, s, v, self.extra_u, self.extra_v)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from basel_app.lowrank.factored_product import factored_product
+from basel_app.lowrank.factored_product import factored_product, plain_product
 from tests.lowrank.helpers import rel_err
 
 
@@ -18,8 +18,14 @@ def operands(gen: torch.Generator, extra: int, dtype: torch.dtype, n: int = 24, 
 
 
 def plain(x, u, s, v, extra_u, extra_v) -> torch.Tensor:
-    """The formula as two separate terms, differentiated by autograd."""
+    """The formula as two separate terms, differentiated by autograd (written out, not `plain_product`, which
+    the fast path's second derivatives use)."""
     return ((x @ v) * s) @ u.T + (x @ extra_v) @ extra_u.T
+
+
+def test_plain_product_is_the_formula(gen):
+    tensors = operands(gen, 5, torch.float64)
+    assert rel_err(plain_product(*tensors), plain(*tensors)) < 1e-12
 
 
 @pytest.mark.parametrize("extra", [0, 5])
