@@ -58,12 +58,10 @@ class FactoredProduct(torch.autograd.Function):
             grad_y = grad_y.to(dtype)
             grad_scaled = grad_y @ _joined(u, extra_u, dtype)  # (…, k + r̃)
             grad_projected = (grad_scaled * _scales(s, extra_v.shape[1])).to(dtype)
-            grad_x = grad_projected @ _joined(v, extra_v, dtype).T if ctx.needs_input_grad[0] else None
-            rows = grad_y.shape[-1], inputs.shape[-1], projected.shape[-1]
-            grad_y, inputs = grad_y.reshape(-1, rows[0]), inputs.reshape(-1, rows[1])
-            grad_scaled, projected = grad_scaled.reshape(-1, rows[2]), projected.reshape(-1, rows[2])
-            grad_projected = grad_projected.reshape(-1, rows[2])
             wants = ctx.needs_input_grad
+            grad_x = grad_projected @ _joined(v, extra_v, dtype).T if wants[0] else None
+            grad_y, inputs, grad_scaled, projected, grad_projected = (
+                t.reshape(-1, t.shape[-1]) for t in (grad_y, inputs, grad_scaled, projected, grad_projected))
             grad_s = ((grad_scaled[:, :kept].to(s.dtype) * projected[:, :kept].to(s.dtype)).sum(0)
                       if wants[2] else None)
             grad_extra_u = (grad_y.T @ projected[:, kept:]).to(extra_u.dtype) if wants[4] else None  # scale 1
